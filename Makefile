@@ -1,0 +1,115 @@
+# vae-course: every command a learner, a teacher or CI needs.
+#
+#   make lab       install (once) and open the lessons in JupyterLab
+#   make test      install (once), then ruff, the unit tests and every notebook (nbval)
+#   make course    execute every notebook into build/notebooks/, HTML into build/html/
+#   make notebook NB=notebooks/01_distributions.ipynb   execute one notebook in place
+#   make slides    one reveal.js deck per lesson into build/slides/ (no execution)
+#   make clean     remove build outputs and caches (keeps .venv and data/)
+#
+# Each target installs what it needs into .venv the first time, and again only
+# when pyproject.toml changes.
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+JUPYTER := $(BIN)/jupyter
+
+LESSONS := $(sort $(wildcard notebooks/*.ipynb))
+SOLUTIONS := $(sort $(wildcard notebooks/solutions/*.ipynb))
+NOTEBOOKS := $(LESSONS) $(SOLUTIONS)
+EXECUTED := $(patsubst notebooks/%,build/notebooks/%,$(NOTEBOOKS))
+HTML := $(patsubst build/notebooks/%.ipynb,build/html/%.html,$(EXECUTED))
+PACKAGE := $(wildcard vae_course/*.py)
+
+# make course runs the full budgets; `make course SMOKE=1` runs the small ones.
+SMOKE ?= 0
+# Seconds one notebook cell may run before nbconvert gives up.
+CELL_TIMEOUT ?= 1800
+
+# Jupyter refuses to start as root (containers, CI images) unless told it may.
+ALLOW_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root)
+
+NBVAL_FLAGS := --nbval-lax --nbval-current-env \
+	--nbval-sanitize-with tests/nbval_sanitize.cfg
+EXECUTE := $(JUPYTER) nbconvert --to notebook --execute \
+	--ExecutePreprocessor.timeout=$(CELL_TIMEOUT) \
+	--ExecutePreprocessor.kernel_name=python3
+
+.PHONY: help install lab test course notebook clean distclean
+
+help:
+	@echo "make lab       install (once) and open the lessons in JupyterLab"
+	@echo "make test      ruff, unit tests and every notebook under nbval (smoke budgets)"
+	@echo "make course    execute every notebook into build/, render HTML (SMOKE=1: small)"
+	@echo "make notebook NB=notebooks/NN_name.ipynb   execute one notebook in place"
+	@echo "make slides    one reveal.js deck per lesson into build/slides/"
+	@echo "make install   create .venv and install the course (done by the others)"
+	@echo "make clean     remove build/ and caches; make distclean also removes .venv"
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --disable-pip-version-check -e '.[test]'
+	@touch $@
+
+lab: $(STAMP)
+	@echo "Open the URL with ?token=... printed below (Ctrl-C twice stops the server)."
+	$(JUPYTER) lab notebooks/ --ip=127.0.0.1 --no-browser $(ALLOW_ROOT)
+
+# Smoke budgets (VAE_COURSE_SMOKE=1) keep the run short; nbval compares only the
+# cells marked # NBVAL_CHECK_OUTPUT, after tests/nbval_sanitize.cfg.
+test: $(STAMP)
+	$(BIN)/ruff check .
+	rm -rf runs/smoke
+	VAE_COURSE_SMOKE=1 $(BIN)/python -m pytest $(NBVAL_FLAGS) tests notebooks
+
+course: $(HTML)
+
+# Keep the executed notebooks: they are a product of make course, not a by-product.
+.SECONDARY: $(EXECUTED)
+
+build/notebooks/%.ipynb: notebooks/%.ipynb $(PACKAGE) $(STAMP)
+	@mkdir -p $(@D)
+	VAE_COURSE_SMOKE=$(SMOKE) $(EXECUTE) --output-dir $(@D) $<
+
+build/html/%.html: build/notebooks/%.ipynb
+	@mkdir -p $(@D)
+	$(JUPYTER) nbconvert --to html --output-dir $(@D) $<
+
+# Full budgets whatever CI or VAE_COURSE_SMOKE say: this is what gets committed.
+notebook: $(STAMP)
+	@test -n "$(NB)" || { echo "usage: make notebook NB=notebooks/NN_name.ipynb"; exit 2; }
+	@test -f "$(NB)" || { echo "no such notebook: $(NB)"; exit 2; }
+	VAE_COURSE_SMOKE=0 $(EXECUTE) --inplace "$(NB)"
+
+# --- slides: rendered by another target, added here -------------------------
+
+# One reveal.js deck per lesson (not the solutions), from the committed outputs:
+# nothing is executed, and no network is needed to build. The HTML loads reveal.js
+# from a CDN when it is opened.
+SLIDES := $(patsubst notebooks/%.ipynb,build/slides/%.slides.html,$(LESSONS))
+
+.PHONY: slides
+slides: $(SLIDES)
+	@echo "Decks in build/slides/: open one in a browser; S opens the speaker notes."
+
+build/slides/%.slides.html: notebooks/%.ipynb | $(STAMP)
+	@mkdir -p $(@D)
+	$(JUPYTER) nbconvert --to slides --output-dir $(@D) $<
+
+# -----------------------------------------------------------------------------
+
+clean:
+	rm -rf build .pytest_cache .ruff_cache
+	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -exec rm -rf {} +
+	find . -path ./$(VENV) -prune -o -name .ipynb_checkpoints -type d -exec rm -rf {} +
+
+# Also removes the virtual environment; the next target reinstalls it.
+distclean: clean
+	rm -rf $(VENV) *.egg-info

@@ -1,0 +1,232 @@
+"""vae_course.data: where the files are found, what comes back, and clear failures."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+import torchvision
+
+from vae_course import data
+
+UNREACHABLE_MIRROR = "http://127.0.0.1:9/"  # the discard port: refused at once
+
+
+@pytest.fixture(autouse=True)
+def fresh_cache():
+    """Each test starts from an empty in-memory cache (loads stay cheap: test split)."""
+    data._load_cached.cache_clear()
+    yield
+    data._load_cached.cache_clear()
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """Point every torchvision mirror at a closed local port: downloads fail fast."""
+    for name in data.DATASETS.values():
+        monkeypatch.setattr(getattr(torchvision.datasets, name), "mirrors",
+                            [UNREACHABLE_MIRROR])
+
+
+def linked_root(tmp_path: Path, real_root: Path) -> Path:
+    """A fresh torchvision root whose MNIST/ is a link to the real one."""
+    root = tmp_path / "linked-root"
+    root.mkdir()
+    (root / "MNIST").symlink_to(real_root / "MNIST", target_is_directory=True)
+    return root
+
+
+def copied_root(tmp_path: Path, real_root: Path) -> Path:
+    """A root with a private copy of the test split and links to the train files."""
+    raw = tmp_path / "copied-root" / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for name in data.FILE_NAMES:
+        source = real_root / "MNIST" / "raw" / name
+        if name.startswith("t10k"):
+            shutil.copyfile(source, raw / name)
+        else:
+            (raw / name).symlink_to(source)
+    return raw.parents[1]
+
+
+# --- finding the data ------------------------------------------------------------
+
+def check_test_split(images: torch.Tensor, labels: torch.Tensor) -> None:
+    assert images.shape == (10_000, 784)
+    assert images.dtype == torch.float32
+    assert labels.shape == (10_000,)
+    assert labels.dtype == torch.int64
+
+
+def test_root_from_argument(real_data_root, monkeypatch, tmp_path):
+    monkeypatch.setenv(data.ENV_VAR, str(tmp_path / "elsewhere"))
+    images, labels = data.load_mnist("test", root=real_data_root)
+    check_test_split(images, labels)
+
+
+def test_root_from_environment(real_data_root, monkeypatch, tmp_path):
+    root = linked_root(tmp_path, real_data_root)
+    monkeypatch.setenv(data.ENV_VAR, str(root))
+    monkeypatch.setattr(data, "DEFAULT_ROOT", tmp_path / "not-here")
+    assert data.data_root() == root.resolve()
+    check_test_split(*data.load_mnist("test"))
+
+
+def test_root_defaults_to_repository_data_folder(real_data_root, monkeypatch,
+                                                 tmp_path):
+    root = linked_root(tmp_path, real_data_root)
+    monkeypatch.delenv(data.ENV_VAR, raising=False)
+    monkeypatch.setattr(data, "DEFAULT_ROOT", root)
+    assert data.data_root() == root.resolve()
+    check_test_split(*data.load_mnist("test"))
+
+
+def test_empty_environment_variable_means_unset(monkeypatch, tmp_path):
+    monkeypatch.setenv(data.ENV_VAR, "  ")
+    monkeypatch.setattr(data, "DEFAULT_ROOT", tmp_path)
+    assert data.data_root() == tmp_path.resolve()
+
+
+def test_default_root_is_data_in_the_repository(repo_root):
+    assert data.DEFAULT_ROOT == repo_root / "data"
+
+
+# --- what comes back -----------------------------------------------------------
+
+@pytest.mark.parametrize("split, count", [("train", 60_000), ("test", 10_000)])
+def test_shapes_types_and_ranges(real_data_root, split, count):
+    images, labels = data.load_mnist(split, root=real_data_root)
+    assert images.shape == (count, 784) and images.dtype == torch.float32
+    assert labels.shape == (count,) and labels.dtype == torch.int64
+    assert float(images.min()) == 0.0 and float(images.max()) == 1.0
+    assert set(labels.unique().tolist()) == set(range(10))
+    # Grey levels are k / 255: MNIST is not binary until binarize() makes it so.
+    scaled = images[:1000] * 255
+    assert torch.allclose(scaled, scaled.round(), atol=1e-3)
+    assert 0.05 < float((images[:1000] > 0).float().mean()) < 0.5
+
+
+def test_second_call_returns_the_cached_tensors(real_data_root):
+    first = data.load_mnist("test", root=real_data_root)
+    second = data.load_mnist("test", "mnist", str(real_data_root) + os.sep)
+    assert second[0] is first[0] and second[1] is first[1]
+    assert data._load_cached.cache_info().hits == 1
+
+
+@pytest.mark.parametrize("kwargs, word", [
+    ({"split": "validation"}, "'train', 'test'"),
+    ({"dataset": "cifar10"}, "'mnist', 'fashion-mnist'"),
+])
+def test_unknown_names_list_the_choices(kwargs, word):
+    with pytest.raises(ValueError, match=word):
+        data.load_mnist(**kwargs)
+
+
+# --- clear failures ----------------------------------------------------------
+
+@pytest.mark.parametrize("make_root", [
+    pytest.param(lambda tmp: tmp / "does-not-exist", id="missing-root"),
+    pytest.param(lambda tmp: tmp, id="empty-root"),
+])
+def test_missing_data_without_network_says_what_to_do(no_network, tmp_path, capsys,
+                                                      make_root):
+    root = make_root(tmp_path)
+    with pytest.raises(data.DataNotFoundError) as caught:
+        data.load_mnist("test", root=root)
+    error = caught.value
+    message = str(error)
+    assert isinstance(error, RuntimeError)
+    assert str(root.resolve()) in message
+    assert str(root.resolve() / "MNIST" / "raw") in message
+    for name in data.FILE_NAMES:
+        assert name in message
+    assert "VAE_COURSE_DATA" in message
+    assert "internet" in message
+    # One message, not a chain of urllib tracebacks.
+    assert error.__cause__ is None
+    assert error.__suppress_context__ is True
+    # torchvision's own download chatter stays quiet.
+    assert "Downloading http" not in capsys.readouterr().err
+
+
+def test_missing_fashion_names_its_own_folder(no_network, tmp_path):
+    with pytest.raises(data.DataNotFoundError, match="FashionMNIST"):
+        data.load_mnist("test", "fashion-mnist", root=tmp_path)
+
+
+def test_message_names_the_environment_variable_as_origin(no_network, monkeypatch,
+                                                          tmp_path):
+    monkeypatch.setenv(data.ENV_VAR, str(tmp_path))
+    with pytest.raises(data.DataNotFoundError, match=r"\$VAE_COURSE_DATA"):
+        data.load_mnist("test")
+
+
+def truncate(path: Path, size: int) -> None:
+    with open(path, "r+b") as handle:
+        handle.truncate(size)
+
+
+def overwrite_first_label(path: Path, value: int) -> None:
+    with open(path, "r+b") as handle:
+        handle.seek(8)  # after the idx header: magic number and count
+        handle.write(bytes([value]))
+
+
+@pytest.mark.parametrize("name, damage", [
+    ("t10k-images-idx3-ubyte", lambda path: truncate(path, 2)),
+    ("t10k-images-idx3-ubyte", lambda path: truncate(path, 16 + 784 * 5000)),
+    ("t10k-labels-idx1-ubyte", lambda path: truncate(path, 8 + 5000)),
+    ("t10k-labels-idx1-ubyte", lambda path: overwrite_first_label(path, 12)),
+], ids=["images-header", "images-half", "labels-half", "label-out-of-range"])
+def test_damaged_file_is_named(real_data_root, no_network, tmp_path, name, damage):
+    root = copied_root(tmp_path, real_data_root)
+    damage(root / "MNIST" / "raw" / name)
+    with pytest.raises(data.DataCorruptError) as caught:
+        data.load_mnist("test", root=root)
+    message = str(caught.value)
+    assert str(root.resolve() / "MNIST" / "raw" / name) in message
+    assert "Delete it and rerun" in message
+    assert caught.value.__suppress_context__ is True or caught.value.__context__ is None
+
+
+# --- binarize -------------------------------------------------------------------
+
+def test_binarize_gives_zeros_and_ones_with_the_right_mean():
+    grey = torch.full((2000, 784), 0.3)
+    generator = torch.Generator().manual_seed(0)
+    binary = data.binarize(grey, generator=generator)
+    assert binary.dtype == grey.dtype and binary.shape == grey.shape
+    assert set(binary.unique().tolist()) <= {0.0, 1.0}
+    assert abs(float(binary.mean()) - 0.3) < 0.005
+
+
+def test_binarize_is_reproducible_with_a_generator():
+    grey = torch.rand(50, 784, generator=torch.Generator().manual_seed(1))
+    first = data.binarize(grey, generator=torch.Generator().manual_seed(2))
+    second = data.binarize(grey, generator=torch.Generator().manual_seed(2))
+    assert torch.equal(first, second)
+
+
+def test_binarize_keeps_black_and_white_pixels():
+    pixels = torch.tensor([[0.0, 1.0, 0.0, 1.0]])
+    assert torch.equal(data.binarize(pixels), pixels)
+
+
+def test_binarize_real_images_keeps_the_mean(real_data_root):
+    images, _ = data.load_mnist("test", root=real_data_root)
+    binary = data.binarize(images, generator=torch.Generator().manual_seed(0))
+    assert set(binary.unique().tolist()) == {0.0, 1.0}
+    assert abs(float(binary.mean()) - float(images.mean())) < 0.002
+
+
+@pytest.mark.parametrize("bad, error", [
+    (torch.tensor([[0.5, 1.5]]), ValueError),
+    (torch.tensor([[-0.1, 0.5]]), ValueError),
+    (torch.tensor([[0, 255]], dtype=torch.uint8), TypeError),
+])
+def test_binarize_rejects_values_outside_zero_one(bad, error):
+    with pytest.raises(error, match=r"\[0, 1\]"):
+        data.binarize(bad)

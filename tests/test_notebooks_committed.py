@@ -1,0 +1,126 @@
+"""The committed notebooks are executed, error-free and shaped like a lesson.
+
+These tests read the ``.ipynb`` files as they are in the repository, without running
+them (the nbval run in ``make test`` does that). They keep the promises of
+CONTRIBUTING.md: notebooks are committed executed, carry no error output, open with
+learning goals, close with a Summary and Exercises, come with a solutions notebook,
+and check enough outputs under nbval. A folder with no notebooks yet yields no tests.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import nbformat
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+NOTEBOOKS = REPO / "notebooks"
+SOLUTIONS = NOTEBOOKS / "solutions"
+LESSON_NAME = re.compile(r"^(\d\d)_(\w+)\.ipynb$")
+SKIP_WITH_REASON = re.compile(r"^# NBVAL_SKIP\n# reason: \S")
+MIN_CHECKED_CELLS = 5
+
+
+def all_notebooks() -> list[Path]:
+    return sorted(path for path in NOTEBOOKS.rglob("*.ipynb")
+                  if ".ipynb_checkpoints" not in path.parts)
+
+
+def lessons() -> list[Path]:
+    return sorted(path for path in NOTEBOOKS.glob("*.ipynb")
+                  if LESSON_NAME.match(path.name))
+
+
+def relative(path: Path) -> str:
+    return path.relative_to(REPO).as_posix()
+
+
+ALL = all_notebooks()
+LESSONS = lessons()
+
+
+def read(path: Path) -> nbformat.NotebookNode:
+    return nbformat.read(path, as_version=4)
+
+
+def markdown_headings(notebook: nbformat.NotebookNode) -> list[str]:
+    return [line.strip() for cell in notebook.cells if cell.cell_type == "markdown"
+            for line in cell.source.splitlines() if line.lstrip().startswith("#")]
+
+
+def code_cells(notebook: nbformat.NotebookNode):
+    return [cell for cell in notebook.cells if cell.cell_type == "code"]
+
+
+@pytest.mark.parametrize("path", ALL, ids=relative)
+def test_notebook_is_valid(path):
+    notebook = read(path)
+    nbformat.validate(notebook)
+
+
+@pytest.mark.parametrize("path", ALL, ids=relative)
+def test_every_code_cell_was_executed(path):
+    missing = [index for index, cell in enumerate(read(path).cells)
+               if cell.cell_type == "code" and cell.source.strip()
+               and cell.get("execution_count") is None]
+    assert not missing, (
+        f"{relative(path)}: cells {missing} have no execution count; commit the "
+        f"notebook executed (make notebook NB={relative(path)})")
+
+
+@pytest.mark.parametrize("path", ALL, ids=relative)
+def test_no_error_outputs(path):
+    errors = [(index, output.get("ename", "?"))
+              for index, cell in enumerate(read(path).cells) if cell.cell_type == "code"
+              for output in cell.get("outputs", []) if output.output_type == "error"]
+    assert not errors, (
+        f"{relative(path)}: error outputs in cells {errors}; a cell that shows an "
+        f"error catches it and prints the message")
+
+
+@pytest.mark.parametrize("path", ALL, ids=relative)
+def test_skipped_cells_give_a_reason(path):
+    bare = [index for index, cell in enumerate(code_cells(read(path)))
+            if cell.source.lstrip().startswith("# NBVAL_SKIP")
+            and not SKIP_WITH_REASON.match(cell.source.lstrip())]
+    assert not bare, (
+        f"{relative(path)}: code cells {bare} skip without a reason; write "
+        f"'# NBVAL_SKIP' and on the next line '# reason: <why>'")
+
+
+@pytest.mark.parametrize("path", ALL, ids=relative)
+def test_opens_with_title_and_learning_goals(path):
+    cells = read(path).cells
+    assert cells, f"{relative(path)} is empty"
+    first = cells[0]
+    assert first.cell_type == "markdown", "the first cell is the Markdown title"
+    assert first.source.lstrip().startswith("# "), "the first cell opens with '# Title'"
+    assert "Learning goals" in first.source
+
+
+@pytest.mark.parametrize("path", ALL, ids=relative)
+def test_has_summary_and_exercises(path):
+    headings = markdown_headings(read(path))
+    for wanted in ("## Summary", "## Exercises"):
+        assert any(heading.startswith(wanted) for heading in headings), (
+            f"{relative(path)} has no '{wanted}' section")
+
+
+@pytest.mark.parametrize("path", LESSONS, ids=relative)
+def test_lesson_has_a_solutions_notebook(path):
+    number, name = LESSON_NAME.match(path.name).groups()
+    solutions = SOLUTIONS / f"{number}_{name}_solutions.ipynb"
+    assert solutions.is_file(), f"{relative(path)} has no {relative(solutions)}"
+
+
+@pytest.mark.parametrize("path", LESSONS, ids=relative)
+def test_lesson_checks_enough_outputs(path):
+    checked = [cell for cell in code_cells(read(path))
+               if cell.source.lstrip().startswith("# NBVAL_CHECK_OUTPUT")]
+    assert len(checked) >= MIN_CHECKED_CELLS, (
+        f"{relative(path)}: {len(checked)} cells marked # NBVAL_CHECK_OUTPUT, "
+        f"at least {MIN_CHECKED_CELLS} wanted")
+    silent = [cell.source.splitlines()[1:2] for cell in checked if not cell.outputs]
+    assert not silent, f"{relative(path)}: checked cells with no output: {silent}"

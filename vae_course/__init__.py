@@ -1,0 +1,25 @@
+"""Helpers for the vae-course lessons: data, distributions, models, ELBO, training.
+
+Modules import one way only::
+
+    runtime -> data -> distributions -> models -> elbo -> train
+            -> evaluate, checkpoints, plots -> cli
+"""
+
+from . import (
+    checkpoints,
+    data,
+    distributions,
+    elbo,
+    evaluate,
+    models,
+    plots,
+    runtime,
+    train,
+)
+from .runtime import budget, setup, smoke_test
+
+__all__ = [
+    "budget", "checkpoints", "data", "distributions", "elbo", "evaluate", "models",
+    "plots", "runtime", "setup", "smoke_test", "train",
+]

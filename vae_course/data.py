@@ -1,0 +1,228 @@
+"""MNIST and Fashion-MNIST as in-memory tensors, and dynamic binarization.
+
+Every lesson trains from one float tensor sliced by ``randperm`` rather than a
+DataLoader that turns each image into a PIL picture and back: that is several times
+faster on a laptop CPU. :func:`load_mnist` reads a split once through torchvision
+and keeps it in memory, so a second call costs nothing.
+
+Where the files live (the first that applies):
+
+1. the ``root`` argument;
+2. the environment variable ``VAE_COURSE_DATA``;
+3. ``data/`` at the root of the repository.
+
+Each is a torchvision root: MNIST sits in ``<root>/MNIST/raw/`` and Fashion-MNIST
+in ``<root>/FashionMNIST/raw/``. Files that are absent are downloaded there; files
+that are present are never downloaded again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import io
+import os
+from pathlib import Path
+from urllib.error import URLError
+
+import torch
+import torchvision
+from torchvision.datasets.mnist import read_image_file, read_label_file
+
+__all__ = [
+    "DATASETS",
+    "DEFAULT_ROOT",
+    "ENV_VAR",
+    "FILE_NAMES",
+    "SPLITS",
+    "DataCorruptError",
+    "DataNotFoundError",
+    "binarize",
+    "data_root",
+    "load_mnist",
+]
+
+#: Environment variable naming a torchvision root that already holds the data.
+ENV_VAR = "VAE_COURSE_DATA"
+#: Used when neither an argument nor ``VAE_COURSE_DATA`` names a root.
+DEFAULT_ROOT = Path(__file__).resolve().parents[1] / "data"
+#: Dataset name -> torchvision class name (also the folder under the root).
+DATASETS = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST"}
+#: Split name -> number of images it holds.
+SPLITS = {"train": 60_000, "test": 10_000}
+#: The four raw files torchvision reads, in ``<root>/<MNIST|FashionMNIST>/raw/``.
+FILE_NAMES = (
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+)
+IMAGE_SIDE = 28
+NUM_CLASSES = 10
+
+# What torchvision's parser raises on a truncated or garbled idx file.
+_PARSE_ERRORS = (AssertionError, ValueError, RuntimeError, TypeError, KeyError,
+                 IndexError, OverflowError)
+
+
+class DataNotFoundError(RuntimeError):
+    """The data files are absent and could not be downloaded."""
+
+
+class DataCorruptError(RuntimeError):
+    """A data file exists but cannot be read as the expected images or labels."""
+
+
+def _check_choice(kind: str, value: str, choices) -> None:
+    if value not in choices:
+        listed = ", ".join(repr(choice) for choice in choices)
+        raise ValueError(f"unknown {kind} {value!r}; choose one of {listed}")
+
+
+def _root_and_origin(root: str | os.PathLike | None) -> tuple[Path, str]:
+    """The root to use and a few words on where it came from."""
+    if root is not None:
+        return Path(root).expanduser(), "the root argument"
+    from_env = os.environ.get(ENV_VAR, "").strip()
+    if from_env:
+        return Path(from_env).expanduser(), f"${ENV_VAR}"
+    return Path(DEFAULT_ROOT), "the default data/ folder of the repository"
+
+
+def data_root(root: str | os.PathLike | None = None) -> Path:
+    """The torchvision root that :func:`load_mnist` reads, resolved to an absolute path.
+
+    ``root`` when given, else ``$VAE_COURSE_DATA``, else ``data/`` in the repository.
+    """
+    return _root_and_origin(root)[0].resolve()
+
+
+def load_mnist(split: str = "train", dataset: str = "mnist",
+               root: str | os.PathLike | None = None,
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """One split of MNIST or Fashion-MNIST as ``(images, labels)``.
+
+    ``images`` is float32 of shape ``(N, 784)`` with grey levels in ``[0, 1]``;
+    ``labels`` is int64 of shape ``(N,)`` with classes ``0..9``. ``N`` is 60000 for
+    ``"train"`` and 10000 for ``"test"``.
+
+    The tensors are read once per (dataset, split, root) and then served from memory:
+    every call returns the same objects, so clone them before changing them in place.
+
+    Raises ``ValueError`` for an unknown split or dataset, :class:`DataNotFoundError`
+    when the files are absent and the download fails, and :class:`DataCorruptError`
+    when a file is present but damaged.
+    """
+    _check_choice("split", split, SPLITS)
+    _check_choice("dataset", dataset, DATASETS)
+    path, origin = _root_and_origin(root)
+    resolved = path.resolve()
+    try:
+        return _load_cached(dataset, split, str(resolved))
+    except _DownloadFailed as failure:
+        raise DataNotFoundError(
+            _not_found_message(DATASETS[dataset], resolved, origin, failure.reason)
+        ) from None
+
+
+class _DownloadFailed(Exception):
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@functools.lru_cache(maxsize=8)  # 2 datasets x 2 splits, a few roots
+def _load_cached(dataset: str, split: str,
+                 root: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Read and check one split; cached on (dataset, split, resolved root)."""
+    dataset_class = getattr(torchvision.datasets, DATASETS[dataset])
+    raw_folder = Path(root) / DATASETS[dataset] / "raw"
+    if not all((raw_folder / name).is_file() for name in FILE_NAMES):
+        _download(dataset_class, DATASETS[dataset], root)
+    try:
+        data = dataset_class(root, train=(split == "train"), download=False)
+    except _PARSE_ERRORS:
+        raise DataCorruptError(_corrupt_message(_damaged_file(raw_folder, split),
+                                                "it cannot be parsed")) from None
+    images, labels = data.data, data.targets
+    _validate(images, labels, raw_folder, split)
+    images = images.reshape(len(images), IMAGE_SIDE * IMAGE_SIDE).float().div_(255.0)
+    return images, labels.long()
+
+
+def _download(dataset_class, folder: str, root: str) -> None:
+    """Fetch the raw files with torchvision, quietly; raise _DownloadFailed if not."""
+    print(f"{folder} not found in {root}: downloading it there ...")
+    chatter = io.StringIO()  # torchvision's progress bars and messages
+    try:
+        with contextlib.redirect_stdout(chatter), contextlib.redirect_stderr(chatter):
+            dataset_class(root, train=True, download=True)
+    except (RuntimeError, URLError, OSError) as error:
+        lines = str(error).strip().splitlines()
+        raise _DownloadFailed(lines[-1] if lines else type(error).__name__) from None
+
+
+def _not_found_message(folder: str, root: Path, origin: str, reason: str) -> str:
+    raw = root / folder / "raw"
+    files = "\n".join(f"    {name}" for name in FILE_NAMES)
+    return (
+        f"{folder} data not found in {root} (taken from {origin}) and the download "
+        f"failed ({reason}).\n"
+        f"Expected these four files in {raw}{os.sep}:\n{files}\n"
+        f"Fix: set {ENV_VAR} to a folder holding {folder}/raw/ with those files "
+        f"(a torchvision root), or connect to the internet and rerun."
+    )
+
+
+def _damaged_file(raw_folder: Path, split: str) -> Path:
+    """The first file of the split that torchvision's parser rejects."""
+    prefix = "train" if split == "train" else "t10k"
+    for name, reader in ((f"{prefix}-images-idx3-ubyte", read_image_file),
+                         (f"{prefix}-labels-idx1-ubyte", read_label_file)):
+        try:
+            reader(str(raw_folder / name))
+        except _PARSE_ERRORS:
+            return raw_folder / name
+    return raw_folder / f"{prefix}-images-idx3-ubyte"
+
+
+def _corrupt_message(path: Path, problem: str) -> str:
+    return (f"{path} is damaged ({problem}). Delete it and rerun: the file is then "
+            f"downloaded again, or copy a good one there by hand.")
+
+
+def _validate(images: torch.Tensor, labels: torch.Tensor, raw_folder: Path,
+              split: str) -> None:
+    """Check shapes, dtypes and label values, naming the file that is wrong."""
+    prefix = "train" if split == "train" else "t10k"
+    image_file = raw_folder / f"{prefix}-images-idx3-ubyte"
+    label_file = raw_folder / f"{prefix}-labels-idx1-ubyte"
+    count = SPLITS[split]
+    expected = (count, IMAGE_SIDE, IMAGE_SIDE)
+    if images.dtype != torch.uint8 or tuple(images.shape) != expected:
+        raise DataCorruptError(_corrupt_message(
+            image_file, f"expected uint8 images of shape {expected}, found "
+                        f"{images.dtype} of shape {tuple(images.shape)}"))
+    if tuple(labels.shape) != (count,):
+        raise DataCorruptError(_corrupt_message(
+            label_file, f"expected {count} labels, found shape {tuple(labels.shape)}"))
+    if labels.numel() and (labels.min() < 0 or labels.max() >= NUM_CLASSES):
+        raise DataCorruptError(_corrupt_message(
+            label_file, f"labels must lie in 0..{NUM_CLASSES - 1}, found "
+                        f"{int(labels.min())}..{int(labels.max())}"))
+
+
+def binarize(images: torch.Tensor,
+             generator: torch.Generator | None = None) -> torch.Tensor:
+    """Dynamic binarization: each pixel becomes 1 with probability its grey level.
+
+    A fresh draw per call (per epoch, per batch) is what "dynamically binarized
+    MNIST" means in the papers; the result is a float tensor of 0.0 and 1.0 that a
+    Bernoulli likelihood accepts.
+    """
+    if not torch.is_floating_point(images):
+        raise TypeError(f"binarize expects a float tensor in [0, 1], got {images.dtype}")
+    if images.numel() and (images.min() < 0 or images.max() > 1):
+        raise ValueError("binarize expects grey levels in [0, 1], found values in "
+                         f"[{float(images.min()):.4g}, {float(images.max()):.4g}]")
+    return torch.bernoulli(images, generator=generator)

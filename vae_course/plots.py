@@ -1,0 +1,173 @@
+"""Pictures of a VAE: image grids, samples, reconstructions, the latent space, curves.
+
+Every function returns the matplotlib figure it drew (end a notebook line with ``;``
+so that Jupyter shows it once).
+"""
+
+from __future__ import annotations
+
+import io
+
+import matplotlib.pyplot as plt
+import torch
+from torch.distributions import Normal
+from torchvision.utils import make_grid
+
+from .models import VAE
+
+
+def image_grid(images: torch.Tensor, nrow: int = 10, padding: int = 2) -> torch.Tensor:
+    """Flattened images (N, 784) tiled into one (H, W) picture."""
+    tiles = images.detach().cpu().reshape(-1, 1, 28, 28)
+    return make_grid(tiles, nrow=nrow, padding=padding, pad_value=0.5)[0]
+
+
+def show_images(images: torch.Tensor, nrow: int = 10, title: str | None = None,
+                ax=None):
+    """Show flattened images (N, 784) as a grid with ``nrow`` images per row."""
+    if ax is None:
+        _, ax = plt.subplots(figsize=(nrow * 0.6, 0.6 * -(-len(images) // nrow) + 0.4))
+    ax.imshow(image_grid(images, nrow), cmap="gray", vmin=0, vmax=1)
+    ax.set_axis_off()
+    if title:
+        ax.set_title(title)
+    return ax.figure
+
+
+def plot_samples(model: VAE, n: int = 64, nrow: int = 8, seed: int = 0):
+    """Pixel means decoded from ``n`` codes drawn from the prior."""
+    images = model.sample(n, generator=torch.Generator().manual_seed(seed))
+    return show_images(images, nrow, title="samples from the prior")
+
+
+def plot_reconstructions(model: VAE, images: torch.Tensor, n: int = 10):
+    """Originals on the top row, their reconstructions below."""
+    originals = images[:n].to(model.device)
+    both = torch.cat([originals, model.reconstruct(originals)])  # (2n, 784)
+    return show_images(both, nrow=n, title="originals (top) and reconstructions")
+
+
+@torch.no_grad()
+def latent_means(model: VAE, images: torch.Tensor, batch_size: int = 1000):
+    """Posterior means of every image: (N, latent_dim) on the CPU."""
+    model.eval()
+    return torch.cat([model.encode(images[i:i + batch_size].to(model.device)).mean.cpu()
+                      for i in range(0, len(images), batch_size)])
+
+
+def project_2d(codes: torch.Tensor) -> torch.Tensor:
+    """Codes unchanged when 2-D, else their first two principal components."""
+    if codes.shape[1] <= 2:
+        return codes
+    centred = codes - codes.mean(0)
+    _, _, directions = torch.linalg.svd(centred, full_matrices=False)
+    return centred @ directions[:2].T  # (N, 2)
+
+
+def plot_latent_scatter(model: VAE, images: torch.Tensor, labels: torch.Tensor, ax=None):
+    """Posterior means coloured by label (projected by PCA when latent_dim > 2)."""
+    points = project_2d(latent_means(model, images))
+    if ax is None:
+        _, ax = plt.subplots(figsize=(6, 5))
+    scatter = ax.scatter(points[:, 0], points[:, 1], c=labels, cmap="tab10", s=3,
+                         vmin=-0.5, vmax=9.5)
+    ax.figure.colorbar(scatter, ax=ax, ticks=range(10), label="digit")
+    kind = "latent means" if model.latent_dim <= 2 else "first two principal components"
+    ax.set_title(f"test set, {kind}")
+    return ax.figure
+
+
+def manifold_codes(n: int = 20, low: float = 0.05, high: float = 0.95) -> torch.Tensor:
+    """An n x n grid of 2-D codes at evenly spaced quantiles of N(0, 1): (n*n, 2).
+
+    Rows run from high to low z2 so the picture has z2 pointing up.
+    """
+    quantiles = Normal(0.0, 1.0).icdf(torch.linspace(low, high, n))  # (n,)
+    z1 = quantiles.repeat(n)
+    z2 = quantiles.flip(0).repeat_interleave(n)
+    return torch.stack([z1, z2], dim=1)
+
+
+@torch.no_grad()
+def plot_manifold(model: VAE, n: int = 20):
+    """Decode a grid of quantiles of a 2-D latent space into one picture."""
+    if model.latent_dim != 2:
+        raise ValueError(f"the manifold needs a 2-D latent space; this model has "
+                         f"{model.latent_dim}")
+    images = model.decode(manifold_codes(n).to(model.device)).mean
+    fig = show_images(images, nrow=n, title="decoded grid of N(0, 1) quantiles")
+    fig.set_size_inches(7, 7)
+    return fig
+
+
+@torch.no_grad()
+def interpolate(model: VAE, image_a: torch.Tensor, image_b: torch.Tensor,
+                steps: int = 10) -> torch.Tensor:
+    """Decode evenly spaced points between two images' posterior means."""
+    pair = torch.stack([image_a, image_b]).reshape(2, -1).to(model.device)
+    start, end = model.encode(pair).mean  # (latent_dim,) each
+    weights = torch.linspace(0, 1, steps, device=model.device)[:, None]  # (steps, 1)
+    return model.decode((1 - weights) * start + weights * end).mean  # (steps, 784)
+
+
+def plot_interpolation(model: VAE, image_a, image_b, steps: int = 10):
+    """The two originals at the ends, the decoded path between them inside."""
+    path = interpolate(model, image_a, image_b, steps)
+    ends = [image.reshape(1, -1).to(path) for image in (image_a, image_b)]
+    row = torch.cat([ends[0], path, ends[1]])  # (steps + 2, 784)
+    return show_images(row, nrow=steps + 2, title="interpolation in latent space")
+
+
+def plot_history(history, terms=("loss", "reconstruction", "entropy", "cross_entropy")):
+    """One panel per term: train and (when present) test, per epoch, in nats."""
+    fig, axes = plt.subplots(1, len(terms), figsize=(3.6 * len(terms), 3))
+    epochs = history.column("epoch")
+    for ax, term in zip(axes, terms, strict=True):
+        for split in ("train", "test"):
+            key = f"{split}_{term}"
+            if history.rows and key in history.rows[0]:
+                ax.plot(epochs, history.column(key), marker=".", label=split)
+        ax.set_title(term.replace("_", "-"))
+        ax.set_xlabel("epoch")
+        ax.legend()
+    axes[0].set_ylabel("nats per image")
+    fig.tight_layout()
+    return fig
+
+
+def _png(image: torch.Tensor, scale: int = 6) -> bytes:
+    """PNG bytes of one flattened image, enlarged ``scale`` times."""
+    from PIL import Image
+
+    pixels = (image.reshape(28, 28).clamp(0, 1) * 255).byte().cpu().numpy()
+    picture = Image.fromarray(pixels).resize((28 * scale, 28 * scale), Image.NEAREST)
+    buffer = io.BytesIO()
+    picture.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def latent_explorer(model: VAE, limit: float = 3.0):
+    """Two sliders over a 2-D latent space and the digit they decode, live.
+
+    Returns an ipywidgets box; moving a slider decodes the new code at once.
+    """
+    import ipywidgets as widgets
+
+    if model.latent_dim != 2:
+        raise ValueError("the explorer needs a model with a 2-D latent space")
+    sliders = [widgets.FloatSlider(value=0.0, min=-limit, max=limit, step=0.1,
+                                   description=name, continuous_update=True)
+               for name in ("z1", "z2")]
+    image = widgets.Image(format="png", width=168, height=168)
+
+    def redraw(_change=None):
+        code = torch.tensor([[s.value for s in sliders]], device=model.device)
+        with torch.no_grad():
+            image.value = _png(model.decode(code).mean[0])
+
+    for slider in sliders:
+        slider.add_class("vae-explorer-slider")
+        slider.observe(redraw, names="value")
+    image.add_class("vae-explorer-image")
+    redraw()
+    return widgets.HBox([widgets.VBox(sliders), image])

@@ -1,0 +1,154 @@
+"""A fast training loop: the whole data set lives in one tensor on the model's device.
+
+Seed 000 fed the model through a DataLoader that turned every image into a tensor
+one by one; most of each epoch went there. Here an epoch is a ``randperm`` and a
+slice per step, and the only per-step work is the model's own.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from tqdm.auto import tqdm
+
+from .data import binarize as binarize_images
+from .elbo import mean_terms, negative_elbo
+from .models import IMAGE_SIZE
+
+TERMS = ("loss", "reconstruction", "entropy", "cross_entropy", "kl")
+
+
+@dataclass
+class History:
+    """One row per epoch: the epoch, its seconds, and every term on train and test."""
+
+    rows: list[dict[str, float]] = field(default_factory=list)
+
+    def column(self, name: str) -> list[float]:
+        return [row[name] for row in self.rows]
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+
+def check_images(images: torch.Tensor, name: str = "images") -> None:
+    """Refuse anything but a (N, 784) float tensor of pixels in [0, 1]."""
+    if not isinstance(images, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor; got {type(images).__name__}")
+    if images.dim() != 2 or images.shape[1] != IMAGE_SIZE or len(images) == 0:
+        raise ValueError(f"{name} must have shape (N, {IMAGE_SIZE}) with N > 0; "
+                         f"got {tuple(images.shape)}")
+    if not images.is_floating_point():
+        raise ValueError(f"{name} must be floating point; got {images.dtype}")
+    if images.min() < 0 or images.max() > 1:
+        raise ValueError(f"{name} must hold pixels in [0, 1]")
+
+
+def fixed_test_images(images: torch.Tensor, binarize: bool, seed: int = 0):
+    """The test set as evaluated: one seeded binarization, the same every epoch."""
+    if not binarize:
+        return images
+    return binarize_images(images.cpu(), torch.Generator().manual_seed(seed))
+
+
+def _check_positive(**values) -> None:
+    for name, value in values.items():
+        if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
+            raise ValueError(f"{name} must be a positive number; got {value!r}")
+
+
+def _train_epoch(model, optimizer, images, *, batch_size, binarize, beta, warmup_steps,
+                 epoch, step_offset, bar) -> dict[str, float]:
+    totals = dict.fromkeys(TERMS, 0.0)
+    order = torch.randperm(len(images), device=images.device)
+    for step, start in enumerate(range(0, len(images), batch_size), start=1):
+        batch = images[order[start:start + batch_size]]  # (batch, 784)
+        if binarize:
+            batch = binarize_images(batch)  # a fresh draw each time it is seen
+        global_step = step_offset + step
+        weight = beta * min(1.0, global_step / warmup_steps) if warmup_steps else beta
+        loss, terms = negative_elbo(model, batch, beta=weight)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"the loss became {loss.item()} at epoch {epoch}, step {step}; "
+                "try a smaller learning rate"
+            )
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        totals["loss"] += -terms["elbo"].detach().sum()
+        for name in TERMS[1:]:
+            totals[name] += terms[name].detach().sum()
+        bar.update(1)
+        if step % 50 == 0:
+            bar.set_postfix(epoch=epoch, loss=f"{loss.item():.2f}")
+    return {name: float(total) / len(images) for name, total in totals.items()}
+
+
+def fit(model, train_images: torch.Tensor, test_images: torch.Tensor | None = None, *,
+        num_epochs: int, batch_size: int = 100, learning_rate: float = 1e-3,
+        seed: int = 0, binarize: bool | None = None, beta: float = 1.0,
+        warmup_epochs: int = 0, progress: bool = True,
+        callback: Callable | None = None, optimizer: torch.optim.Optimizer | None = None,
+        history: History | None = None) -> History:
+    """Train ``model`` with Adam and return its per-epoch :class:`History`.
+
+    ``train_loss`` and ``test_loss`` are the negative ELBO in nats per image (beta and
+    warm-up change what is optimised, not what is reported). ``binarize`` (by
+    default: when the likelihood is Bernoulli) draws fresh binary pixels for every
+    batch and fixes one draw of the test set.
+    To resume, pass the ``optimizer`` and ``history`` saved with the model:
+    every epoch reseeds from ``(seed, epoch)``, so the result equals a straight run.
+    ``callback(model, optimizer, history)`` runs after every epoch.
+    """
+    if not isinstance(num_epochs, int) or not isinstance(batch_size, int):
+        raise TypeError("num_epochs and batch_size must be integers")
+    _check_positive(num_epochs=num_epochs, batch_size=batch_size,
+                    learning_rate=learning_rate)
+    if beta < 0 or warmup_epochs < 0:
+        raise ValueError("beta and warmup_epochs must not be negative")
+    check_images(train_images, "train_images")
+    if binarize is None:
+        binarize = model.likelihood == "bernoulli"
+    device = model.device
+    train = train_images.to(device)
+    test = None
+    if test_images is not None:
+        check_images(test_images, "test_images")
+        test = fixed_test_images(test_images, binarize, seed).to(device)
+    optimizer = optimizer or torch.optim.Adam(model.parameters(), lr=learning_rate)
+    history = history if history is not None else History()
+    steps_per_epoch = math.ceil(len(train) / batch_size)
+    done = len(history)
+    bar = tqdm(total=num_epochs * steps_per_epoch, initial=done * steps_per_epoch,
+               disable=not progress, desc="training", unit="step")
+    try:
+        for epoch in range(done + 1, num_epochs + 1):
+            torch.manual_seed(seed * 1_000_003 + epoch)
+            started = time.perf_counter()
+            model.train()
+            train_terms = _train_epoch(
+                model, optimizer, train, batch_size=batch_size, binarize=binarize,
+                beta=beta, warmup_steps=warmup_epochs * steps_per_epoch, epoch=epoch,
+                step_offset=(epoch - 1) * steps_per_epoch, bar=bar)
+            seconds = time.perf_counter() - started
+            row = {"epoch": epoch, "seconds": seconds}
+            row.update({f"train_{name}": value for name, value in train_terms.items()})
+            if test is not None:
+                model.eval()
+                terms = mean_terms(model, test)
+                terms["loss"] = -terms.pop("elbo")
+                row.update({f"test_{name}": terms[name] for name in TERMS})
+            history.rows.append(row)
+            shown = row.get("test_loss", row["train_loss"])
+            bar.set_postfix(epoch=epoch, test_loss=f"{shown:.2f}")
+            if callback is not None:
+                callback(model, optimizer, history)
+    finally:
+        bar.close()
+    model.eval()
+    return history
