@@ -44,6 +44,10 @@ def save_checkpoint(path, model: VAE, optimizer: torch.optim.Optimizer | None = 
     try:
         with os.fdopen(handle, "wb") as file:
             torch.save(payload, file)
+        # mkstemp makes the file private (0600); give it the usual permissions.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temporary, 0o666 & ~umask)
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)

@@ -16,6 +16,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .data import binarize as binarize_images
+from .distributions import GreyPixelsError
 from .elbo import mean_terms, negative_elbo
 from .models import IMAGE_SIZE
 
@@ -71,7 +72,16 @@ def _train_epoch(model, optimizer, images, *, batch_size, binarize, beta, warmup
             batch = binarize_images(batch)  # a fresh draw each time it is seen
         global_step = step_offset + step
         weight = beta * min(1.0, global_step / warmup_steps) if warmup_steps else beta
-        loss, terms = negative_elbo(model, batch, beta=weight)
+        try:
+            loss, terms = negative_elbo(model, batch, beta=weight)
+        except GreyPixelsError:
+            raise
+        except ValueError as error:
+            # torch.distributions refuses a scale that overflowed to inf or fell to 0.
+            reason = str(error).splitlines()[0]
+            raise FloatingPointError(
+                f"training diverged at epoch {epoch}, step {step} ({reason}); "
+                "try a smaller learning rate") from None
         if not torch.isfinite(loss):
             raise FloatingPointError(
                 f"the loss became {loss.item()} at epoch {epoch}, step {step}; "
