@@ -52,8 +52,10 @@ def _number(kind, allow_zero: bool = False):
         except ValueError:
             message = f"{text!r} is not {'an integer' if kind is int else 'a number'}"
             raise argparse.ArgumentTypeError(message) from None
-        if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
+        if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero) \
+                or (kind is int and value >= 2**32):
             bound = "zero or more" if allow_zero else "positive"
+            bound += " and below 2**32" if kind is int else ""
             raise argparse.ArgumentTypeError(f"{text!r} must be {bound}")
         return value
     parse.__name__ = f"{'non-negative' if allow_zero else 'positive'} {kind.__name__}"
@@ -134,7 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_common(parser):
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    parser.add_argument("--seed", type=_number(int, allow_zero=True), default=0,
+                        help="random seed, 0 to 2**32 - 1 (default: 0)")
     parser.add_argument("--device", type=_device, default="auto",
                         help="auto, cpu or cuda (default: auto)")
     parser.add_argument("--data-root", type=Path, default=None,

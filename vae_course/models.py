@@ -113,17 +113,19 @@ def build_vae(architecture: str = "mlp", latent_dim: int = 32,
     if architecture not in ARCHITECTURES:
         raise ValueError(f"unknown architecture {architecture!r}; choose one of "
                          f"{ARCHITECTURES}")
-    if int(latent_dim) <= 0:
-        raise ValueError(f"latent_dim must be positive; got {latent_dim}")
-    hidden_sizes = [int(h) for h in hidden_sizes]
-    config = {"architecture": architecture, "latent_dim": int(latent_dim),
+    for name, value in [("latent_dim", latent_dim)] + [
+            ("hidden_sizes", size) for size in hidden_sizes]:
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise ValueError(f"{name} must hold positive integers; got {value!r}")
+    hidden_sizes = list(hidden_sizes)
+    config = {"architecture": architecture, "latent_dim": latent_dim,
               "hidden_sizes": hidden_sizes, "likelihood": likelihood}
     if architecture == "mlp":
         encoder = mlp([IMAGE_SIZE, *hidden_sizes, 2 * latent_dim])
         decoder = mlp([latent_dim, *reversed(hidden_sizes), IMAGE_SIZE])
     else:
         encoder, decoder = conv_encoder(latent_dim), conv_decoder(latent_dim)
-    return VAE(encoder, decoder, int(latent_dim), likelihood, config)
+    return VAE(encoder, decoder, latent_dim, likelihood, config)
 
 
 def count_parameters(module: nn.Module) -> int:

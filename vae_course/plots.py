@@ -27,7 +27,7 @@ def show_images(images: torch.Tensor, nrow: int = 10, title: str | None = None,
     """Show flattened images (N, 784) as a grid with ``nrow`` images per row."""
     if ax is None:
         _, ax = plt.subplots(figsize=(nrow * 0.6, 0.6 * -(-len(images) // nrow) + 0.4))
-    ax.imshow(image_grid(images, nrow), cmap="gray", vmin=0, vmax=1)
+    ax.imshow(image_grid(images, nrow).numpy(), cmap="gray", vmin=0, vmax=1)
     ax.set_axis_off()
     if title:
         ax.set_title(title)
@@ -66,10 +66,11 @@ def project_2d(codes: torch.Tensor) -> torch.Tensor:
 
 def plot_latent_scatter(model: VAE, images: torch.Tensor, labels: torch.Tensor, ax=None):
     """Posterior means coloured by label (projected by PCA when latent_dim > 2)."""
-    points = project_2d(latent_means(model, images))
+    points = project_2d(latent_means(model, images)).numpy()
     if ax is None:
         _, ax = plt.subplots(figsize=(6, 5))
-    scatter = ax.scatter(points[:, 0], points[:, 1], c=labels, cmap="tab10", s=3,
+    scatter = ax.scatter(points[:, 0], points[:, 1], c=torch.as_tensor(labels).numpy(),
+                         cmap="tab10", s=3,
                          vmin=-0.5, vmax=9.5)
     ax.figure.colorbar(scatter, ax=ax, ticks=range(10), label="digit")
     kind = "latent means" if model.latent_dim <= 2 else "first two principal components"
@@ -120,7 +121,8 @@ def plot_interpolation(model: VAE, image_a, image_b, steps: int = 10):
 
 def plot_history(history, terms=("loss", "reconstruction", "entropy", "cross_entropy")):
     """One panel per term: train and (when present) test, per epoch, in nats."""
-    fig, axes = plt.subplots(1, len(terms), figsize=(3.6 * len(terms), 3))
+    fig, axes = plt.subplots(1, len(terms), figsize=(3.6 * len(terms), 3), squeeze=False)
+    axes = axes[0]
     epochs = history.column("epoch")
     for ax, term in zip(axes, terms, strict=True):
         for split in ("train", "test"):

@@ -1,0 +1,354 @@
+"""``python -m vae_course``: flags, errors, files written, resuming, evaluating.
+
+Most tests call :func:`vae_course.cli.main` in-process on a small synthetic data
+set (``load_mnist`` replaced); one runs the real command end to end on MNIST when
+``VAE_COURSE_DATA`` points at it, and one starts ``python -m vae_course --help``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torchvision
+from PIL import Image
+
+from vae_course import cli
+from vae_course.checkpoints import load_checkpoint, save_checkpoint
+from vae_course.models import build_vae
+
+REPO = Path(__file__).resolve().parents[1]
+MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
+               "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+TINY = ["--latent-dim", "2", "--hidden-sizes", "16", "--batch-size", "50",
+        "--device", "cpu", "--no-progress"]
+ELBO_LINE = re.compile(r"^test -ELBO: (\d+\.\d\d) nats \(epoch (\d+)\)$")
+LOG_P_LINE = re.compile(r"^test log p\(x\) \(importance sampled, K=(\d+)\): "
+                        r"(-\d+\.\d\d) nats")
+
+
+def synthetic_split(split, dataset="mnist", root=None):
+    generator = torch.Generator().manual_seed(0 if split == "train" else 1)
+    count = 200 if split == "train" else 50
+    images = torch.rand(count, 784, generator=generator) ** 3
+    return images, torch.randint(0, 10, (count,), generator=generator)
+
+
+@pytest.fixture
+def fake_data(monkeypatch):
+    """Replace the MNIST loader by 200 + 50 synthetic images; records the calls."""
+    calls = []
+
+    def load(split="train", dataset="mnist", root=None):
+        calls.append((split, dataset, root))
+        return synthetic_split(split, dataset, root)
+
+    monkeypatch.setattr(cli, "load_mnist", load)
+    return calls
+
+
+def run(argv, capsys):
+    """main(argv) -> (exit status, stdout lines, stderr lines)."""
+    try:
+        status = cli.main([str(arg) for arg in argv])
+    except SystemExit as exit_:
+        status = exit_.code
+    captured = capsys.readouterr()
+    return status, captured.out.splitlines(), captured.err.splitlines()
+
+
+def rows_without_seconds(folder):
+    rows = json.loads((folder / "metrics.json").read_text())
+    return [{k: v for k, v in row.items() if k != "seconds"} for row in rows]
+
+
+# --- help ---------------------------------------------------------------------
+
+def test_help_names_both_commands(capsys):
+    status, out, err = run(["--help"], capsys)
+    text = "\n".join(out)
+    assert status == 0 and err == []
+    assert "usage: python -m vae_course" in text
+    assert "variational autoencoder" in text
+    for command in ("train", "evaluate"):
+        assert re.search(rf"^\s+{command}\s+\S", text, re.MULTILINE), command
+
+
+def test_train_help_lists_every_flag(capsys):
+    status, out, _ = run(["train", "--help"], capsys)
+    text = "\n".join(out)
+    assert status == 0
+    for flag in ("--epochs", "--batch-size", "--latent-dim", "--hidden-sizes", "--lr",
+                 "--seed", "--device", "--dataset", "--likelihood", "--data-root",
+                 "--output", "--resume", "--overwrite", "--no-progress", "--beta",
+                 "--architecture", "--warmup-epochs", "--eval-k"):
+        assert flag in text, flag
+    assert "default: 16" in text  # defaults are stated
+    assert "continuous_bernoulli" in text and "fashion-mnist" in text
+
+
+def test_evaluate_help_lists_its_flags(capsys):
+    status, out, _ = run(["evaluate", "--help"], capsys)
+    text = "\n".join(out)
+    assert status == 0
+    for flag in ("checkpoint", "--k", "--limit", "--seed", "--device", "--data-root",
+                 "--no-progress"):
+        assert flag in text, flag
+
+
+def test_python_dash_m_help_runs():
+    environment = dict(os.environ)
+    environment["PYTHONPATH"] = os.pathsep.join(
+        filter(None, [str(REPO), environment.get("PYTHONPATH")]))
+    result = subprocess.run([sys.executable, "-m", "vae_course", "--help"], cwd=REPO,
+                            env=environment, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "train" in result.stdout and "evaluate" in result.stdout
+    assert "Traceback" not in result.stderr
+
+
+# --- bad flags ----------------------------------------------------------------
+
+@pytest.mark.parametrize(("argv", "flag"), [
+    (["train", "--epochs", "0"], "--epochs"),
+    (["train", "--epochs", "x"], "--epochs"),
+    (["train", "--epochs", "1.5"], "--epochs"),
+    (["train", "--epochs", "-2"], "--epochs"),
+    (["train", "--lr", "-1"], "--lr"),
+    (["train", "--lr", "0"], "--lr"),
+    (["train", "--lr", "nan"], "--lr"),
+    (["train", "--lr", "inf"], "--lr"),
+    (["train", "--batch-size", "0"], "--batch-size"),
+    (["train", "--dataset", "cifar"], "--dataset"),
+    (["train", "--likelihood", "gauss"], "--likelihood"),
+    (["train", "--architecture", "rnn"], "--architecture"),
+    (["train", "--latent-dim", "-3"], "--latent-dim"),
+    (["train", "--hidden-sizes", "100", "0"], "--hidden-sizes"),
+    (["train", "--beta", "-1"], "--beta"),
+    (["train", "--warmup-epochs", "-1"], "--warmup-epochs"),
+    (["train", "--eval-k", "-1"], "--eval-k"),
+    (["train", "--seed", "one"], "--seed"),
+    (["train", "--device", "cuda"], "--device"),
+    (["train", "--device", "gpu"], "--device"),
+    (["train", "--resume", "--overwrite"], "--overwrite"),
+    (["evaluate", "checkpoint.pt", "--k", "0"], "--k"),
+    (["evaluate", "checkpoint.pt", "--limit", "-5"], "--limit"),
+    (["evaluate"], "checkpoint"),
+    (["fit"], "fit"),
+    ([], "COMMAND"),
+])
+def test_bad_flags_exit_2_with_one_line(argv, flag, capsys, monkeypatch, fake_data,
+                                        tmp_path):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.chdir(tmp_path)  # nothing may be written, even by mistake
+    status, out, err = run(argv, capsys)
+    assert status == 2
+    assert len(err) == 1, err
+    assert flag in err[0]
+    assert err[0].startswith("python -m vae_course")
+    assert out == []
+    assert fake_data == []  # refused before any data is read
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("seed", ["-1", str(2**32)])
+def test_a_seed_numpy_cannot_take_is_refused(capsys, fake_data, tmp_path, seed):
+    status, _, err = run(["train", "--seed", seed, "--epochs", "1", "--output",
+                          tmp_path / "run", *TINY], capsys)
+    assert status == 2
+    assert len(err) == 1 and "--seed" in err[0]
+    assert fake_data == []
+
+
+def test_an_existing_run_is_not_overwritten_by_accident(capsys, fake_data, tmp_path):
+    folder = tmp_path / "run"
+    checkpoint = save_checkpoint(folder / "checkpoint.pt", build_vae(latent_dim=2))
+    before = checkpoint.read_bytes()
+    status, out, err = run(["train", "--output", folder, *TINY], capsys)
+    assert status == 2
+    assert len(err) == 1
+    assert "--resume" in err[0] and "--overwrite" in err[0]
+    assert checkpoint.read_bytes() == before
+    assert sorted(p.name for p in folder.iterdir()) == ["checkpoint.pt"]
+    assert fake_data == []
+
+
+def test_resume_needs_a_checkpoint(capsys, fake_data, tmp_path):
+    status, _, err = run(["train", "--resume", "--output", tmp_path / "none", *TINY],
+                         capsys)
+    assert status == 2
+    assert len(err) == 1 and "--resume" in err[0]
+    assert not (tmp_path / "none").exists()
+
+
+# --- training and evaluating (synthetic data) ---------------------------------
+
+def check_pictures(folder, epoch):
+    reconstruction = Image.open(folder / f"reconstruction_{epoch:03d}.png")
+    sample = Image.open(folder / f"sample_{epoch:03d}.png")
+    # 8 originals over 8 reconstructions; 64 samples in 8 rows (2-pixel padding)
+    assert reconstruction.size == (8 * 28 + 9 * 2, 2 * 28 + 3 * 2)
+    assert sample.size == (8 * 28 + 9 * 2, 8 * 28 + 9 * 2)
+
+
+def test_train_writes_every_file_and_reports_the_test_elbo(capsys, fake_data,
+                                                          tmp_path):
+    folder = tmp_path / "run"
+    status, out, err = run(["train", "--epochs", "2", "--output", folder, *TINY],
+                           capsys)
+    assert status == 0, err
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "checkpoint.pt", "metrics.csv", "metrics.json", "reconstruction_001.png",
+        "reconstruction_002.png", "sample_001.png", "sample_002.png"]
+    assert {split for split, _, _ in fake_data} == {"train", "test"}
+    rows = json.loads((folder / "metrics.json").read_text())
+    assert [row["epoch"] for row in rows] == [1, 2]
+    with open(folder / "metrics.csv", newline="") as file:
+        table = list(csv.DictReader(file))
+    assert [float(r["test_loss"]) for r in table] == [r["test_loss"] for r in rows]
+    assert set(table[0]) == set(rows[0])
+    check_pictures(folder, 2)
+    match = ELBO_LINE.match(out[-1])
+    assert match, out
+    assert float(match.group(1)) == round(rows[-1]["test_loss"], 2)
+    assert match.group(2) == "2"
+    model, payload = load_checkpoint(folder / "checkpoint.pt")
+    assert model.config == {"architecture": "mlp", "latent_dim": 2,
+                            "hidden_sizes": [16], "likelihood": "bernoulli"}
+    assert payload["history"].rows == rows
+
+
+def test_resume_continues_exactly_like_a_straight_run(capsys, fake_data, tmp_path):
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    assert run(["train", "--epochs", "2", "--output", straight, *TINY], capsys)[0] == 0
+    assert run(["train", "--epochs", "1", "--output", resumed, *TINY], capsys)[0] == 0
+    first_epoch = rows_without_seconds(resumed)
+    # Only --resume, --epochs and --output: the rest comes from the checkpoint.
+    status, out, _ = run(["train", "--resume", "--epochs", "2", "--output", resumed,
+                          "--no-progress", "--device", "cpu"], capsys)
+    assert status == 0
+    assert ELBO_LINE.match(out[-1]).group(2) == "2"
+    rows = rows_without_seconds(resumed)
+    assert rows[:1] == first_epoch
+    assert rows == rows_without_seconds(straight)
+    check_pictures(resumed, 2)
+
+
+def test_overwrite_starts_again(capsys, fake_data, tmp_path):
+    folder = tmp_path / "run"
+    assert run(["train", "--epochs", "2", "--output", folder, *TINY], capsys)[0] == 0
+    status, _, _ = run(["train", "--epochs", "1", "--overwrite", "--latent-dim", "3",
+                        "--output", folder, "--hidden-sizes", "16", "--no-progress",
+                        "--device", "cpu"], capsys)
+    assert status == 0
+    model, payload = load_checkpoint(folder / "checkpoint.pt")
+    assert model.latent_dim == 3
+    assert [row["epoch"] for row in payload["history"].rows] == [1]
+
+
+def test_evaluate_prints_the_log_likelihood_and_the_elbo(capsys, fake_data, tmp_path):
+    folder = tmp_path / "run"
+    assert run(["train", "--epochs", "1", "--output", folder, *TINY], capsys)[0] == 0
+    report = tmp_path / "numbers.json"
+    status, out, err = run(["evaluate", folder / "checkpoint.pt", "--k", "10",
+                            "--limit", "20", "--no-progress", "--device", "cpu",
+                            "--json", report], capsys)
+    assert status == 0, err
+    log_p = [LOG_P_LINE.match(line) for line in out if LOG_P_LINE.match(line)]
+    elbo = [line for line in out if line.startswith("test -ELBO: ")]
+    assert len(log_p) == 1 and len(elbo) == 1, out
+    assert log_p[0].group(1) == "10"
+    negative_elbo = float(re.match(r"test -ELBO: (\d+\.\d\d) nats", elbo[0]).group(1))
+    assert "20 images" in out[0]
+    numbers = json.loads(report.read_text())
+    assert numbers["k"] == 10 and numbers["images"] == 20
+    assert numbers["negative_elbo"] == pytest.approx(negative_elbo, abs=0.005)
+    assert numbers["log_likelihood"] == pytest.approx(float(log_p[0].group(2)),
+                                                      abs=0.005)
+
+
+def test_evaluate_reports_a_missing_checkpoint(capsys, fake_data, tmp_path):
+    status, _, err = run(["evaluate", tmp_path / "nothing.pt", "--no-progress"], capsys)
+    assert status == 1
+    assert err[0].startswith("error:") and "no checkpoint" in err[0]
+
+
+def test_evaluate_reports_a_damaged_checkpoint(capsys, fake_data, tmp_path):
+    path = save_checkpoint(tmp_path / "checkpoint.pt", build_vae(latent_dim=2))
+    path.write_bytes(path.read_bytes()[:1000])
+    status, _, err = run(["evaluate", path, "--no-progress"], capsys)
+    assert status == 1
+    assert err[0].startswith("error:")
+
+
+def test_missing_data_exits_1_with_a_clear_message(capsys, monkeypatch, tmp_path):
+    # A download source that cannot answer: the test never touches the network.
+    nowhere = (tmp_path / "no-mirror").as_uri() + "/"
+    monkeypatch.setattr(torchvision.datasets.MNIST, "mirrors", [nowhere])
+    root, folder = tmp_path / "empty-root", tmp_path / "run"
+    status, _, err = run(["train", "--data-root", root, "--output", folder,
+                          "--no-progress"], capsys)
+    message = "\n".join(err)
+    assert status == 1
+    assert message.startswith("error: MNIST data not found")
+    assert str(root) in message and "VAE_COURSE_DATA" in message
+    assert "Traceback" not in message
+    assert not folder.exists()
+
+
+# --- the real thing -----------------------------------------------------------
+
+def real_mnist_root() -> Path:
+    value = os.environ.get("VAE_COURSE_DATA", "").strip()
+    if not value:
+        pytest.skip("real MNIST needed: set VAE_COURSE_DATA to a torchvision root "
+                    "holding MNIST/raw/")
+    root = Path(value).expanduser()
+    if not all((root / "MNIST" / "raw" / name).is_file() for name in MNIST_FILES):
+        pytest.skip(f"real MNIST needed: VAE_COURSE_DATA={value} lacks MNIST/raw/ files")
+    return root
+
+
+@pytest.mark.slow
+def test_end_to_end_on_mnist(capsys, tmp_path):
+    real_mnist_root()
+    folder = tmp_path / "run"
+    status, out, err = run(["train", "--epochs", "1", "--output", folder,
+                            "--no-progress"], capsys)
+    assert status == 0, err
+    for name in ("checkpoint.pt", "metrics.csv", "metrics.json",
+                 "reconstruction_001.png", "sample_001.png"):
+        assert (folder / name).is_file(), name
+    check_pictures(folder, 1)
+    first = ELBO_LINE.match(out[-1])
+    assert first and first.group(2) == "1", out
+    assert 80 < float(first.group(1)) < 250  # one epoch: well below 543 (untrained)
+    first_row = rows_without_seconds(folder)
+
+    status, out, _ = run(["train", "--resume", "--epochs", "2", "--output", folder,
+                          "--no-progress"], capsys)
+    assert status == 0
+    second = ELBO_LINE.match(out[-1])
+    assert second and second.group(2) == "2"
+    assert float(second.group(1)) < float(first.group(1))
+    rows = rows_without_seconds(folder)
+    assert [row["epoch"] for row in rows] == [1, 2] and rows[:1] == first_row
+    assert (folder / "sample_002.png").is_file()
+
+    status, out, _ = run(["evaluate", folder / "checkpoint.pt", "--k", "10",
+                          "--limit", "100", "--no-progress"], capsys)
+    assert status == 0
+    log_p = [LOG_P_LINE.match(line) for line in out if LOG_P_LINE.match(line)]
+    elbo = [line for line in out if line.startswith("test -ELBO: ")]
+    assert len(log_p) == 1 and len(elbo) == 1, out
+    negative_elbo = float(re.match(r"test -ELBO: (\d+\.\d\d)", elbo[0]).group(1))
+    assert 50 < -float(log_p[0].group(2)) < 250
+    assert 50 < negative_elbo < 250

@@ -1,0 +1,357 @@
+"""The ELBO's maths, against PyTorch's own distributions and against each other.
+
+Seed 000 writes the loss with ``torch.distributions`` and a Monte Carlo KL; seed 001
+writes it with ``binary_cross_entropy_with_logits`` and the closed-form KL. Both are
+checked here against the helper and against each other.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.distributions import Independent, Normal, kl_divergence
+
+from vae_course.distributions import GreyPixelsError, posterior_from_encoder
+from vae_course.elbo import (
+    cross_entropy_standard_normal,
+    elbo_terms,
+    entropy_normal,
+    kl_standard_normal,
+    mean_terms,
+    negative_elbo,
+)
+from vae_course.models import build_vae
+
+
+def small_model(latent_dim=3, hidden=(16,), likelihood="bernoulli", seed=0):
+    """A small MLP VAE whose posteriors are far from the prior (a non-trivial KL)."""
+    torch.manual_seed(seed)
+    model = build_vae(latent_dim=latent_dim, hidden_sizes=hidden,
+                      likelihood=likelihood)
+    generator = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        last = model.encoder[-1]
+        last.bias[:latent_dim] = torch.randn(latent_dim, generator=generator)
+        last.bias[latent_dim:] = torch.empty(latent_dim).uniform_(
+            -2.0, 0.5, generator=generator)
+    return model
+
+
+def binary_images(n, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    return torch.bernoulli(torch.full((n, 784), 0.3), generator=generator)
+
+
+def random_posterior(batch=6, latent_dim=5, dtype=torch.float32, requires_grad=False):
+    generator = torch.Generator().manual_seed(42)
+    loc = torch.randn(batch, latent_dim, generator=generator, dtype=dtype) * 2
+    log_scale = torch.empty(batch, latent_dim, dtype=dtype).uniform_(
+        -3, 2, generator=generator)
+    output = torch.cat([loc, log_scale], dim=1).requires_grad_(requires_grad)
+    return output, posterior_from_encoder(output)
+
+
+def standard_normal(latent_dim, dtype):
+    loc = torch.zeros(latent_dim, dtype=dtype)
+    return Independent(Normal(loc, torch.ones_like(loc)), 1)
+
+
+# --- closed forms -------------------------------------------------------------
+
+@pytest.mark.parametrize(("dtype", "tolerance"), [(torch.float64, 1e-10),
+                                                  (torch.float32, 1e-5)])
+def test_closed_forms_agree_with_torch_distributions(dtype, tolerance):
+    _, posterior = random_posterior(dtype=dtype)
+    prior = standard_normal(5, dtype)
+    entropy = entropy_normal(posterior)
+    cross_entropy = cross_entropy_standard_normal(posterior)
+    kl = kl_standard_normal(posterior)
+    torch_kl = kl_divergence(posterior, prior)
+    close = {"rtol": tolerance, "atol": tolerance}
+    assert entropy.shape == cross_entropy.shape == kl.shape == (6,)
+    torch.testing.assert_close(entropy, posterior.entropy(), **close)
+    torch.testing.assert_close(kl, torch_kl, **close)
+    torch.testing.assert_close(cross_entropy - entropy, torch_kl, **close)
+    torch.testing.assert_close(cross_entropy, torch_kl + posterior.entropy(), **close)
+    assert (kl > 0).all()
+
+
+def test_closed_forms_are_exact_for_the_prior_itself():
+    posterior = posterior_from_encoder(torch.zeros(2, 8))  # N(0, I)
+    torch.testing.assert_close(kl_standard_normal(posterior), torch.zeros(2))
+    expected = 0.5 * 4 * (1 + math.log(2 * math.pi))  # 4 units of N(0, 1)
+    torch.testing.assert_close(entropy_normal(posterior), torch.full((2,), expected))
+    torch.testing.assert_close(cross_entropy_standard_normal(posterior),
+                               torch.full((2,), expected))
+
+
+# --- Monte Carlo against closed form ------------------------------------------
+
+def test_monte_carlo_kl_converges_to_the_closed_form():
+    model, x = small_model(), binary_images(1)
+    num_samples = 20_000
+    exact = elbo_terms(model, x)  # closed form
+    torch.manual_seed(0)
+    estimate = elbo_terms(model, x, num_samples=num_samples, closed_form=False)
+    # Standard errors from an independent set of draws of the same quantities.
+    posterior, prior = model.encode(x), model.prior()
+    with torch.no_grad():
+        z = posterior.sample((num_samples,))
+        log_q, log_p = posterior.log_prob(z), prior.log_prob(z)  # (samples, batch)
+    root_n = math.sqrt(num_samples)
+    for name, draws in (("kl", log_q - log_p), ("entropy", -log_q),
+                        ("cross_entropy", -log_p)):
+        standard_error = draws.std(0) / root_n
+        error = (estimate[name] - exact[name]).abs().detach()
+        assert (error < 5 * standard_error).all(), (name, error, standard_error)
+    assert (exact["kl"] > 10 * (log_q - log_p).std(0) / root_n).all()  # not trivial
+
+
+def test_monte_carlo_kl_error_shrinks_with_more_samples():
+    model, x = small_model(), binary_images(1)
+    exact = elbo_terms(model, x)["kl"].detach()
+
+    def mean_error(num_samples, repeats=16):
+        errors = []
+        for repeat in range(repeats):
+            torch.manual_seed(repeat)
+            with torch.no_grad():
+                terms = elbo_terms(model, x, num_samples=num_samples, closed_form=False)
+            errors.append((terms["kl"] - exact).abs().mean())
+        return torch.stack(errors).mean()
+
+    few, many = mean_error(40), mean_error(4000)
+    # The standard error falls as 1/sqrt(n): ten times smaller here.
+    assert many < few / 4, (few, many)
+
+
+def test_closed_form_flag_changes_only_the_entropy_terms():
+    model, x = small_model(), binary_images(4)
+    torch.manual_seed(3)
+    closed = elbo_terms(model, x, num_samples=3)
+    torch.manual_seed(3)
+    sampled = elbo_terms(model, x, num_samples=3, closed_form=False)
+    # One set of draws serves both: the reconstruction term is identical.
+    torch.testing.assert_close(closed["reconstruction"], sampled["reconstruction"])
+    assert not torch.allclose(closed["kl"], sampled["kl"])
+
+
+def test_terms_fit_together_and_average_the_samples():
+    model, x = small_model(), binary_images(4)
+    torch.manual_seed(9)
+    terms = elbo_terms(model, x, num_samples=5)
+    assert set(terms) == {"reconstruction", "entropy", "cross_entropy", "kl", "elbo"}
+    for value in terms.values():
+        assert value.shape == (4,)
+    torch.testing.assert_close(terms["kl"], terms["cross_entropy"] - terms["entropy"])
+    torch.testing.assert_close(terms["elbo"], terms["reconstruction"] - terms["kl"])
+    torch.manual_seed(9)
+    z = model.encode(x).rsample((5,))  # the same draws
+    logits = model.decoder(z)  # (5, 4, 784)
+    bce = F.binary_cross_entropy_with_logits(logits, x.expand_as(logits),
+                                             reduction="none").sum(-1)
+    torch.testing.assert_close(terms["reconstruction"], -bce.mean(0))
+
+
+@pytest.mark.parametrize("num_samples", [0, -1])
+def test_elbo_terms_refuses_no_samples(num_samples):
+    with pytest.raises(ValueError, match="num_samples"):
+        elbo_terms(small_model(), binary_images(2), num_samples=num_samples)
+
+
+# --- seed 000 and seed 001 give the same loss ---------------------------------
+
+def seed_001_pieces(model, x):
+    """pytorch/examples style: mu, logvar, reparameterize, BCE + KLD."""
+    output = model.encoder(x)
+    mu, log_scale = output.chunk(2, dim=-1)
+    logvar = 2 * log_scale
+    std = torch.exp(0.5 * logvar)
+    z = mu + torch.randn_like(std) * std
+    logits = model.decoder(z)
+    bce = F.binary_cross_entropy_with_logits(logits, x, reduction="sum")
+    kld = -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp())
+    return z, logits, bce, kld
+
+
+def test_reconstruction_term_equals_minus_bce_for_the_same_z():
+    model, x = small_model(), binary_images(8)
+    torch.manual_seed(11)
+    terms = elbo_terms(model, x)
+    torch.manual_seed(11)
+    _, _, bce, _ = seed_001_pieces(model, x)
+    torch.testing.assert_close(terms["reconstruction"].sum(), -bce)
+
+
+def test_negative_elbo_equals_the_seed_001_loss_for_the_same_z():
+    model, x = small_model(), binary_images(8)
+    torch.manual_seed(12)
+    loss, _ = negative_elbo(model, x)
+    torch.manual_seed(12)
+    _, _, bce, kld = seed_001_pieces(model, x)
+    torch.testing.assert_close(loss, (bce + kld) / len(x))
+
+
+def test_seed_000_loss_equals_the_monte_carlo_path_for_the_same_z():
+    model, x = small_model(), binary_images(8)
+    torch.manual_seed(13)
+    qz_x = model.encode(x)
+    z = qz_x.rsample()
+    px_z, pz = model.decode(z), model.prior()
+    seed_000 = -(px_z.log_prob(x) + pz.log_prob(z) - qz_x.log_prob(z)).mean()
+    torch.manual_seed(13)
+    terms = elbo_terms(model, x, closed_form=False)
+    torch.testing.assert_close(seed_000, -terms["elbo"].mean())
+
+
+def test_seed_000_and_seed_001_losses_agree_in_expectation():
+    """Same z for both; only the KL differs (Monte Carlo vs closed form)."""
+    model, x = small_model(), binary_images(4)
+    num_draws = 2000
+    torch.manual_seed(14)
+    with torch.no_grad():
+        qz_x, pz = model.encode(x), model.prior()
+        z = qz_x.rsample((num_draws,))  # (draws, batch, latent)
+        px_z = model.decode(z)
+        seed_000 = -(px_z.log_prob(x) + pz.log_prob(z) - qz_x.log_prob(z)).mean(-1)
+        mu, log_scale = model.encoder(x).chunk(2, dim=-1)
+        logvar = 2 * log_scale
+        logits = model.decoder(z)  # the same z, decoded seed 001's way
+        bce = F.binary_cross_entropy_with_logits(
+            logits, x.expand_as(logits), reduction="none").sum((-1, -2))
+        kld = -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp())
+        seed_001 = (bce + kld) / len(x)  # (draws,)
+    difference = seed_000 - seed_001
+    assert difference.std() > 0  # different estimators draw by draw ...
+    standard_error = difference.std() / math.sqrt(num_draws)
+    assert difference.mean().abs() < 5 * standard_error  # ... equal on average
+
+
+# --- the loss: batch size, beta -----------------------------------------------
+
+def z_independent_model():
+    """A decoder that ignores z, so the loss with the closed-form KL is exact."""
+    model = small_model()
+    with torch.no_grad():
+        model.decoder[-1].weight.zero_()
+        model.decoder[-1].bias.normal_(generator=torch.Generator().manual_seed(5))
+    return model
+
+
+def test_loss_is_a_mean_over_images_not_a_sum():
+    model = z_independent_model()
+    x = binary_images(10)
+    one, _ = negative_elbo(model, x[:1])
+    four, _ = negative_elbo(model, x[:1].repeat(4, 1))
+    torch.testing.assert_close(one, four)
+    whole, _ = negative_elbo(model, x)
+    first, _ = negative_elbo(model, x[:5])
+    second, _ = negative_elbo(model, x[5:])
+    torch.testing.assert_close(whole, (first + second) / 2)
+    assert not torch.allclose(first, second)  # the halves do differ
+
+
+def test_mean_terms_does_not_depend_on_the_batch_size():
+    model = z_independent_model()
+    x = binary_images(10)
+    reference = {name: value.mean().item()
+                 for name, value in elbo_terms(model, x).items()}
+    for batch_size in (1, 3, 10, 1000):
+        averaged = mean_terms(model, x, batch_size=batch_size)
+        assert averaged.keys() == reference.keys()
+        for name in reference:
+            assert averaged[name] == pytest.approx(reference[name], rel=1e-5)
+
+
+@pytest.mark.parametrize("beta", [0.0, 0.5, 2.0])
+def test_beta_weighs_the_kl_term(beta):
+    model, x = small_model(), binary_images(6)
+    torch.manual_seed(21)
+    loss, terms = negative_elbo(model, x, beta=beta)
+    torch.manual_seed(21)
+    reference = elbo_terms(model, x)
+    torch.testing.assert_close(terms["reconstruction"], reference["reconstruction"])
+    expected = -(reference["reconstruction"] - beta * reference["kl"]).mean()
+    torch.testing.assert_close(loss, expected)
+    if beta == 0:
+        torch.testing.assert_close(loss, -reference["reconstruction"].mean())
+
+
+# --- numerics and gradients ---------------------------------------------------
+
+@pytest.mark.parametrize("likelihood", ["bernoulli", "continuous_bernoulli"])
+@pytest.mark.parametrize("log_scale", [-20.0, 0.0, 20.0])
+@pytest.mark.parametrize("logit", [1e4, -1e4])
+def test_extreme_outputs_stay_finite(likelihood, log_scale, logit):
+    latent_dim = 3
+    model = small_model(latent_dim=latent_dim, likelihood=likelihood)
+    with torch.no_grad():
+        model.encoder[-1].weight.zero_()
+        model.encoder[-1].bias[latent_dim:] = log_scale
+        model.decoder[-1].weight.zero_()
+        signs = torch.ones(784)
+        signs[::2] = -1  # half the pixels at +logit, half at -logit
+        model.decoder[-1].bias.copy_(signs * logit)
+    x = binary_images(4)
+    torch.manual_seed(0)
+    loss, terms = negative_elbo(model, x)
+    for name, value in terms.items():
+        assert torch.isfinite(value).all(), name
+    loss.backward()
+    assert torch.isfinite(loss)
+    for name, parameter in model.named_parameters():
+        assert parameter.grad is not None and torch.isfinite(parameter.grad).all(), name
+    if likelihood == "bernoulli":
+        # Independent check in float64: log p(x|z) = sum(x * l - softplus(l)).
+        logits = (signs * logit).double()
+        expected = (x.double() * logits - F.softplus(logits)).sum(-1)
+        torch.testing.assert_close(terms["reconstruction"].double(), expected,
+                                   rtol=1e-6, atol=0.0)
+
+
+def test_rsample_carries_gradients_and_sample_does_not():
+    output, posterior = random_posterior(requires_grad=True)
+    z = posterior.rsample()
+    assert z.requires_grad
+    z.sum().backward()
+    loc_grad, log_scale_grad = output.grad.chunk(2, dim=-1)
+    # z = loc + exp(log_scale) * eps: dz/dloc = 1, dz/dlog_scale = z - loc
+    torch.testing.assert_close(loc_grad, torch.ones_like(loc_grad))
+    torch.testing.assert_close(log_scale_grad, (z - posterior.mean).detach())
+    assert not posterior.sample().requires_grad
+
+
+def test_the_loss_trains_both_networks():
+    model, x = small_model(), binary_images(4)
+    torch.manual_seed(0)
+    loss, _ = negative_elbo(model, x)
+    loss.backward()
+    for name, parameter in model.named_parameters():
+        assert parameter.grad is not None and parameter.grad.abs().sum() > 0, name
+
+
+# --- grey pixels --------------------------------------------------------------
+
+def test_grey_pixels_are_refused_by_a_bernoulli_model():
+    grey = torch.rand(3, 784, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(GreyPixelsError, match="binarize"):
+        elbo_terms(small_model(), grey)
+    with pytest.raises(GreyPixelsError):
+        negative_elbo(small_model(), grey)
+
+
+def test_grey_pixels_are_scored_by_a_continuous_bernoulli_model():
+    grey = torch.rand(3, 784, generator=torch.Generator().manual_seed(0))
+    model = small_model(likelihood="continuous_bernoulli")
+    torch.manual_seed(0)
+    terms = elbo_terms(model, grey)
+    for value in terms.values():
+        assert value.shape == (3,) and torch.isfinite(value).all()
+    torch.manual_seed(0)
+    z = model.encode(grey).rsample()
+    expected = torch.distributions.ContinuousBernoulli(
+        logits=model.decoder(z)).log_prob(grey).sum(-1)
+    torch.testing.assert_close(terms["reconstruction"], expected)

@@ -1,0 +1,288 @@
+"""Test ELBO and the importance-weighted log-likelihood, checked against quadrature."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from vae_course.distributions import GreyPixelsError
+from vae_course.elbo import elbo_terms
+from vae_course.evaluate import evaluate_elbo, importance_weighted_log_likelihood
+from vae_course.models import build_vae
+from vae_course.train import fit
+
+LOG_2PI = math.log(2 * math.pi)
+
+
+def binary_images(n, seed):
+    """Binary images near four random binary prototypes (binarizing keeps them)."""
+    generator = torch.Generator().manual_seed(1000)
+    prototypes = torch.rand(4, 784, generator=generator).round()
+    generator.manual_seed(seed)
+    which = torch.randint(0, 4, (n,), generator=generator)
+    flips = torch.rand(n, 784, generator=generator) < 0.05
+    return (prototypes[which] + flips.float()).remainder(2)
+
+
+def line_images(n, seed):
+    """Binary images from a 1-D latent factor t: pixel logits a * t + b.
+
+    log p(x|t) is concave in t, so the true posterior of each image has one mode.
+    """
+    generator = torch.Generator().manual_seed(1000)
+    a = torch.randn(784, generator=generator) * 0.3
+    b = torch.randn(784, generator=generator)
+    generator.manual_seed(seed)
+    t = torch.randn(n, 1, generator=generator)
+    return torch.bernoulli(torch.sigmoid(t * a + b), generator=generator)
+
+
+def trained_model(latent_dim, images, seed=0):
+    torch.manual_seed(seed)
+    model = build_vae(latent_dim=latent_dim, hidden_sizes=(32,))
+    fit(model, images, num_epochs=6, batch_size=32, learning_rate=3e-3,
+        progress=False)
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def model_2d():
+    return trained_model(2, binary_images(256, seed=1))
+
+
+@pytest.fixture(scope="module")
+def model_1d():
+    """A 1-D latent model whose encoder scales are doubled after training.
+
+    Any q(z|x) is a valid importance sampler; one wider than the true posterior
+    keeps the weights' variance small, so K = 2000 already lands close to log p(x).
+    """
+    model = trained_model(1, line_images(512, seed=1))
+    with torch.no_grad():
+        model.encoder[-1].bias[1:] += math.log(2.0)
+    return model
+
+
+@pytest.fixture(scope="module")
+def images_1d():
+    return line_images(12, seed=2)
+
+
+@pytest.fixture(scope="module")
+def images():
+    return binary_images(128, seed=2)
+
+
+@torch.no_grad()
+def accurate_elbo(model, x, num_samples=200):
+    """Per-image ELBO with a well-averaged reconstruction term (closed-form KL)."""
+    torch.manual_seed(99)
+    return torch.cat([elbo_terms(model, x[i:i + 32], num_samples=num_samples)["elbo"]
+                      for i in range(0, len(x), 32)])
+
+
+@torch.no_grad()
+def log_marginal_by_quadrature(model, x, limit=10.0, points=10_001):
+    """log p(x) = log of the integral of p(x|z) N(z; 0, 1) dz on a fine grid (1-D z)."""
+    assert model.latent_dim == 1
+    double = copy.deepcopy(model).double()
+    z = torch.linspace(-limit, limit, points, dtype=torch.float64)  # (points,)
+    logits = double.decoder(z[:, None])  # (points, 784)
+    # Bernoulli log-likelihood of every image under every z: (N, points)
+    log_likelihood = x.double() @ logits.T - F.softplus(logits).sum(-1)
+    log_integrand = log_likelihood - 0.5 * z**2 - 0.5 * LOG_2PI
+    peak = log_integrand.max(-1).values
+    # The grid must hold the whole mass: nothing left at its ends.
+    assert (log_integrand[:, [0, -1]] < peak[:, None] - 50).all()
+    step = z[1] - z[0]
+    # Trapezoid rule in log space.
+    weights = torch.full((points,), math.log(step))
+    weights[[0, -1]] -= math.log(2)
+    return torch.logsumexp(log_integrand + weights, dim=-1)
+
+
+# --- the importance-weighted estimate -----------------------------------------
+
+def test_returns_one_cpu_number_per_image(model_2d, images):
+    log_p = importance_weighted_log_likelihood(model_2d, images[:10], num_samples=5)
+    assert log_p.shape == (10,)
+    assert log_p.device.type == "cpu"
+    assert log_p.is_floating_point()
+    assert torch.isfinite(log_p).all()
+    assert (log_p < 0).all()  # binary pixels: p(x) < 1
+
+
+def test_is_seeded_and_leaves_the_global_rng_alone(model_2d, images):
+    torch.manual_seed(7)
+    expected_next = torch.rand(3)
+    torch.manual_seed(7)
+    first = importance_weighted_log_likelihood(model_2d, images[:10], num_samples=5,
+                                               seed=3)
+    assert torch.equal(torch.rand(3), expected_next)
+    second = importance_weighted_log_likelihood(model_2d, images[:10], num_samples=5,
+                                                seed=3)
+    other = importance_weighted_log_likelihood(model_2d, images[:10], num_samples=5,
+                                               seed=4)
+    assert torch.equal(first, second)
+    assert not torch.equal(first, other)
+
+
+def test_one_sample_equals_the_elbo_in_expectation(model_2d, images):
+    elbo = accurate_elbo(model_2d, images)
+    single = importance_weighted_log_likelihood(model_2d, images, num_samples=1)
+    difference = single - elbo
+    standard_error = difference.std() / math.sqrt(len(images))
+    assert standard_error > 0
+    assert difference.mean().abs() < 5 * standard_error
+    # evaluate_elbo (one draw of z, closed-form KL) estimates the same mean ELBO.
+    terms = evaluate_elbo(model_2d, images)
+    assert abs(terms["elbo"] - elbo.mean().item()) < 5 * standard_error
+
+
+def test_more_samples_give_a_tighter_bound(model_2d, images):
+    elbo = accurate_elbo(model_2d, images)
+    one = importance_weighted_log_likelihood(model_2d, images, num_samples=1)
+    hundred = importance_weighted_log_likelihood(model_2d, images, num_samples=100)
+    standard_error = (one - elbo).std() / math.sqrt(len(images))
+    assert hundred.mean() > one.mean() - 3 * standard_error
+    assert hundred.mean() > elbo.mean()  # strictly tighter than the ELBO
+    # ... and far less noisy: two seeds disagree much less at K = 100.
+    one_again = importance_weighted_log_likelihood(model_2d, images, num_samples=1,
+                                                   seed=1)
+    hundred_again = importance_weighted_log_likelihood(model_2d, images,
+                                                       num_samples=100, seed=1)
+    assert (hundred - hundred_again).std() < (one - one_again).std() / 3
+
+
+@torch.no_grad()
+def importance_sampling_spread(model, x, num_samples, draws=2000):
+    """Standard deviation of the K-sample estimate, by the delta method:
+    sd(log mean w) ~ sd(w) / (mean(w) sqrt(K)), from independent draws of w."""
+    torch.manual_seed(123)
+    posterior, prior = model.encode(x), model.prior()
+    z = posterior.sample((draws,))  # (draws, batch, 1)
+    log_w = model.decode(z).log_prob(x) + prior.log_prob(z) - posterior.log_prob(z)
+    w = (log_w - log_w.max(0).values).exp()
+    return w.std(0) / w.mean(0) / math.sqrt(num_samples)
+
+
+def test_converges_to_the_exact_log_likelihood_from_quadrature(model_1d, images_1d):
+    x = images_1d
+    exact = log_marginal_by_quadrature(model_1d, x).float()
+    elbo = accurate_elbo(model_1d, x, num_samples=500)
+    elbo_error = 5 * (model_1d.decode(model_1d.encode(x).sample((500,)))
+                      .log_prob(x).std(0).detach() / math.sqrt(500))
+    assert (elbo <= exact + elbo_error).all()  # the ELBO is a lower bound ...
+    assert (exact - elbo).mean() > 0.3  # ... and a loose one for this encoder
+    estimate = importance_weighted_log_likelihood(model_1d, x, num_samples=2000)
+    tolerance = 5 * importance_sampling_spread(model_1d, x, 2000) + 1e-3
+    assert ((estimate - exact).abs() < tolerance).all(), (estimate - exact, tolerance)
+    assert (estimate - exact).abs().mean() < (exact - elbo).mean() / 10
+
+
+# --- chunks -------------------------------------------------------------------
+
+def record_decoder_calls(model):
+    sizes = []
+    handle = model.decoder.register_forward_hook(
+        lambda module, inputs, output: sizes.append(tuple(output.shape)))
+    return sizes, handle
+
+
+@pytest.mark.parametrize(("num_images", "num_samples", "max_pixels"), [
+    (6, 30, 784 * 10),  # one image at a time, ten samples per call
+    (6, 4, 784 * 12),  # three images per call, all their samples at once
+    (5, 7, 784 * 1000),  # everything in one call
+])
+def test_work_is_split_into_bounded_chunks(model_2d, images, num_images, num_samples,
+                                           max_pixels):
+    sizes, handle = record_decoder_calls(model_2d)
+    try:
+        importance_weighted_log_likelihood(model_2d, images[:num_images],
+                                           num_samples=num_samples,
+                                           max_pixels=max_pixels)
+    finally:
+        handle.remove()
+    assert all(rows * pixels <= max_pixels for rows, pixels in sizes)
+    # Every (sample, image) pair is decoded exactly once.
+    assert sum(rows for rows, _ in sizes) == num_images * num_samples
+
+
+def test_chunking_does_not_change_the_estimate(model_1d, images_1d):
+    x = images_1d[:4]
+    exact = log_marginal_by_quadrature(model_1d, x).float()
+    tolerance = 5 * importance_sampling_spread(model_1d, x, 1000) + 1e-3
+    whole = importance_weighted_log_likelihood(model_1d, x, num_samples=1000)
+    chunked = importance_weighted_log_likelihood(model_1d, x, num_samples=1000,
+                                                 max_pixels=784 * 300)
+    assert not torch.equal(whole, chunked)  # other draws, the same answer:
+    assert ((whole - exact).abs() < tolerance).all()
+    assert ((chunked - exact).abs() < tolerance).all()
+
+
+def exact_posterior_model():
+    """q(z|x) = p(z) and p(x|z) = p(x): every importance weight equals p(x)."""
+    torch.manual_seed(0)
+    model = build_vae(latent_dim=2, hidden_sizes=(8,))
+    with torch.no_grad():
+        model.encoder[-1].weight.zero_()
+        model.encoder[-1].bias.zero_()
+        model.decoder[-1].weight.zero_()
+        model.decoder[-1].bias.normal_()
+    return model.eval()
+
+
+@pytest.mark.parametrize(("num_samples", "max_pixels"), [(1, 2**24), (7, 2**24),
+                                                         (7, 784 * 3), (50, 784)])
+def test_an_exact_posterior_gives_the_exact_answer(images, num_samples, max_pixels):
+    model = exact_posterior_model()
+    x = images[:5]
+    exact = torch.distributions.Bernoulli(
+        logits=model.decoder[-1].bias).log_prob(x).sum(-1).detach()
+    estimate = importance_weighted_log_likelihood(model, x, num_samples=num_samples,
+                                                  max_pixels=max_pixels)
+    torch.testing.assert_close(estimate, exact, atol=1e-3, rtol=0.0)
+
+
+# --- arguments and pixels -----------------------------------------------------
+
+@pytest.mark.parametrize("num_samples", [0, -1, 2.5, "10"])
+def test_bad_sample_counts_are_refused(model_2d, images, num_samples):
+    with pytest.raises(ValueError, match="num_samples"):
+        importance_weighted_log_likelihood(model_2d, images[:2],
+                                           num_samples=num_samples)
+
+
+def test_grey_images_are_binarized_unless_asked_not_to(model_2d):
+    grey = torch.rand(4, 784, generator=torch.Generator().manual_seed(0))
+    log_p = importance_weighted_log_likelihood(model_2d, grey, num_samples=3)
+    assert torch.isfinite(log_p).all()
+    with pytest.raises(GreyPixelsError):
+        importance_weighted_log_likelihood(model_2d, grey, num_samples=3,
+                                           binarize=False)
+
+
+# --- evaluate_elbo ------------------------------------------------------------
+
+def test_evaluate_elbo_reports_consistent_terms(model_2d, images):
+    torch.manual_seed(7)
+    expected_next = torch.rand(3)
+    torch.manual_seed(7)
+    terms = evaluate_elbo(model_2d, images, seed=1)
+    assert torch.equal(torch.rand(3), expected_next)  # global RNG untouched
+    assert set(terms) == {"reconstruction", "entropy", "cross_entropy", "kl", "elbo",
+                          "negative_elbo"}
+    assert terms["negative_elbo"] == -terms["elbo"]
+    assert terms["kl"] == pytest.approx(terms["cross_entropy"] - terms["entropy"],
+                                        rel=1e-5)
+    assert terms["elbo"] == pytest.approx(terms["reconstruction"] - terms["kl"],
+                                          rel=1e-5)
+    assert evaluate_elbo(model_2d, images, seed=1) == terms  # seeded
+    # The closed-form terms do not depend on how the images are batched.
+    smaller = evaluate_elbo(model_2d, images, seed=1, batch_size=7)
+    for name in ("entropy", "cross_entropy", "kl"):
+        assert smaller[name] == pytest.approx(terms[name], rel=1e-5)

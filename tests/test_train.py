@@ -1,0 +1,281 @@
+"""The in-memory training loop: history, determinism, resuming, argument checks."""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from vae_course.checkpoints import load_checkpoint, restore_optimizer, save_checkpoint
+from vae_course.distributions import GreyPixelsError
+from vae_course.evaluate import evaluate_elbo
+from vae_course.models import build_vae
+from vae_course.train import History, fit
+
+TERMS = ("loss", "reconstruction", "entropy", "cross_entropy", "kl")
+ROW_KEYS = {"epoch", "seconds", *(f"{split}_{term}" for split in ("train", "test")
+                                  for term in TERMS)}
+MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
+               "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+
+
+def synthetic_images(n, seed):
+    """Grey images near four random binary prototypes, like a tiny digit set."""
+    generator = torch.Generator().manual_seed(1000)  # the same prototypes every time
+    prototypes = torch.rand(4, 784, generator=generator).round()
+    generator.manual_seed(seed)
+    which = torch.randint(0, 4, (n,), generator=generator)
+    noise = torch.rand(n, 784, generator=generator) * 0.2
+    return (prototypes[which] * 0.8 + noise).clamp(0, 1)
+
+
+@pytest.fixture(scope="module")
+def data():
+    return synthetic_images(256, seed=1), synthetic_images(64, seed=2)
+
+
+def tiny_model(seed=0, likelihood="bernoulli"):
+    torch.manual_seed(seed)
+    return build_vae(latent_dim=4, hidden_sizes=(32,), likelihood=likelihood)
+
+
+def train(model, data, **kwargs):
+    kwargs = {"num_epochs": 2, "batch_size": 64, "progress": False, **kwargs}
+    return fit(model, *data, **kwargs)
+
+
+def without_seconds(history):
+    return [{k: v for k, v in row.items() if k != "seconds"} for row in history.rows]
+
+
+def parameters_equal(a, b):
+    return all(torch.equal(p, q) for p, q in zip(a.state_dict().values(),
+                                                 b.state_dict().values(), strict=True))
+
+
+def real_mnist_root() -> Path:
+    value = os.environ.get("VAE_COURSE_DATA", "").strip()
+    if not value:
+        pytest.skip("real MNIST needed: set VAE_COURSE_DATA to a torchvision root "
+                    "holding MNIST/raw/")
+    root = Path(value).expanduser()
+    if not all((root / "MNIST" / "raw" / name).is_file() for name in MNIST_FILES):
+        pytest.skip(f"real MNIST needed: VAE_COURSE_DATA={value} lacks MNIST/raw/ files")
+    return root
+
+
+# --- the history --------------------------------------------------------------
+
+def test_history_has_one_row_per_epoch_with_every_term(data):
+    model = tiny_model()
+    history = train(model, data, num_epochs=3)
+    assert isinstance(history, History)
+    assert len(history) == 3
+    assert history.column("epoch") == [1, 2, 3]
+    for row in history.rows:
+        assert set(row) == ROW_KEYS
+        assert row["seconds"] > 0
+        for split in ("train", "test"):
+            loss = row[f"{split}_loss"]
+            assert math.isfinite(loss)
+            expected = -(row[f"{split}_reconstruction"] + row[f"{split}_entropy"]
+                         - row[f"{split}_cross_entropy"])
+            assert loss == pytest.approx(expected, rel=1e-5, abs=1e-3)
+            kl = row[f"{split}_cross_entropy"] - row[f"{split}_entropy"]
+            assert row[f"{split}_kl"] == pytest.approx(kl, rel=1e-5, abs=1e-3)
+            assert row[f"{split}_kl"] >= 0
+            assert row[f"{split}_reconstruction"] < 0  # binary pixels: log p <= 0
+
+
+def test_test_terms_are_those_of_the_trained_model(data):
+    """The closed-form test terms do not depend on z: evaluate_elbo must agree."""
+    model = tiny_model()
+    last = train(model, data, num_epochs=2, seed=5).rows[-1]
+    terms = evaluate_elbo(model, data[1], seed=5)  # the same fixed binarization
+    for name in ("entropy", "cross_entropy", "kl"):
+        assert last[f"test_{name}"] == pytest.approx(terms[name], rel=1e-5)
+
+
+def test_without_test_images_only_train_columns_are_kept(data):
+    history = train(tiny_model(), (data[0], None), num_epochs=1)
+    assert set(history.rows[0]) == {"epoch", "seconds",
+                                    *(f"train_{term}" for term in TERMS)}
+
+
+def test_loss_decreases_on_real_mnist():
+    from vae_course.data import load_mnist
+
+    root = real_mnist_root()
+    train_images, _ = load_mnist("train", "mnist", root)
+    test_images, _ = load_mnist("test", "mnist", root)
+    torch.manual_seed(0)
+    model = build_vae()
+    before = evaluate_elbo(model, test_images[:200])["negative_elbo"]
+    history = fit(model, train_images[:1000], test_images[:200], num_epochs=3,
+                  batch_size=50, progress=False)
+    train_loss, test_loss = history.column("train_loss"), history.column("test_loss")
+    assert train_loss == sorted(train_loss, reverse=True)
+    assert test_loss == sorted(test_loss, reverse=True)
+    assert test_loss[-1] < before - 100  # 545 nats untrained; about 250 after
+
+
+# --- reproducibility and resuming ---------------------------------------------
+
+def test_same_seed_gives_the_same_history_and_weights(data):
+    first_model, second_model = tiny_model(), tiny_model()
+    first = train(first_model, data, num_epochs=2, seed=3)
+    second = train(second_model, data, num_epochs=2, seed=3)
+    assert without_seconds(first) == without_seconds(second)
+    assert parameters_equal(first_model, second_model)
+    other = train(tiny_model(), data, num_epochs=2, seed=4)
+    assert without_seconds(other) != without_seconds(first)
+
+
+def test_resuming_from_a_checkpoint_equals_a_straight_run(data, tmp_path):
+    straight_model = tiny_model()
+    straight = train(straight_model, data, num_epochs=4, learning_rate=3e-3)
+
+    model = tiny_model()
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    history = train(model, data, num_epochs=2, optimizer=optimizer)
+    save_checkpoint(tmp_path / "checkpoint.pt", model, optimizer, history)
+    del model, optimizer
+
+    model, payload = load_checkpoint(tmp_path / "checkpoint.pt")
+    optimizer = restore_optimizer(torch.optim.Adam(model.parameters(), lr=3e-3),
+                                  payload)
+    resumed = train(model, data, num_epochs=4, learning_rate=3e-3,
+                    optimizer=optimizer, history=payload["history"])
+    assert resumed.column("epoch") == [1, 2, 3, 4]
+    assert without_seconds(resumed) == without_seconds(straight)
+    assert parameters_equal(model, straight_model)
+
+
+# --- argument checks ----------------------------------------------------------
+
+@pytest.mark.parametrize(("kwargs", "name"), [
+    ({"num_epochs": 0}, "num_epochs"),
+    ({"num_epochs": -1}, "num_epochs"),
+    ({"num_epochs": 1.5}, "num_epochs"),
+    ({"batch_size": 0}, "batch_size"),
+    ({"batch_size": 2.5}, "batch_size"),
+    ({"learning_rate": 0}, "learning_rate"),
+    ({"learning_rate": -1}, "learning_rate"),
+    ({"learning_rate": float("nan")}, "learning_rate"),
+    ({"learning_rate": float("inf")}, "learning_rate"),
+    ({"beta": -1.0}, "beta"),
+    ({"warmup_epochs": -1}, "warmup_epochs"),
+])
+def test_bad_arguments_are_refused_before_training(data, kwargs, name):
+    model = tiny_model()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises((TypeError, ValueError), match=name):
+        train(model, data, **kwargs)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+@pytest.mark.parametrize("images", [
+    torch.rand(8, 28, 28),
+    torch.rand(8, 100),
+    torch.rand(0, 784),
+    torch.randint(0, 2, (8, 784)),
+    (torch.rand(8, 784) * 255).to(torch.uint8),
+    torch.rand(8, 784) * 255,
+    torch.rand(8, 784) - 0.5,
+], ids=["28x28", "100-pixels", "empty", "int64", "uint8", "0-255", "negative"])
+@pytest.mark.parametrize("split", ["train_images", "test_images"])
+def test_bad_images_are_refused(data, images, split):
+    train_images, test_images = data
+    arguments = {"train_images": train_images, "test_images": test_images,
+                 split: images}
+    with pytest.raises(ValueError, match=split):
+        fit(tiny_model(), arguments["train_images"], arguments["test_images"],
+            num_epochs=1, progress=False)
+
+
+def test_a_list_is_not_an_image_tensor(data):
+    with pytest.raises(TypeError, match="torch.Tensor"):
+        fit(tiny_model(), data[0].tolist(), num_epochs=1, progress=False)
+
+
+# --- failures, callbacks, progress --------------------------------------------
+
+def poison_after_first_epoch(value):
+    def callback(model, optimizer, history):
+        if len(history) == 1:
+            with torch.no_grad():
+                model.decoder[-1].bias[0] = value
+    return callback
+
+
+def test_a_non_finite_loss_names_the_epoch_and_the_step(data):
+    # An infinite logit passes torch's support check and makes the loss nan.
+    with pytest.raises(FloatingPointError, match=r"epoch 2, step 1\b"):
+        train(tiny_model(), data, num_epochs=3,
+              callback=poison_after_first_epoch(float("inf")))
+
+
+def test_a_nan_weight_stops_with_a_floating_point_error(data):
+    # torch.distributions refuses nan parameters with a ValueError of its own; the
+    # loop must still say where training broke.
+    with pytest.raises(FloatingPointError, match=r"epoch 2, step 1\b"):
+        train(tiny_model(), data, num_epochs=3,
+              callback=poison_after_first_epoch(float("nan")))
+
+
+def test_a_huge_learning_rate_stops_with_a_floating_point_error(data):
+    with pytest.raises(FloatingPointError, match=r"epoch \d+, step \d+"):
+        train(tiny_model(), data, num_epochs=2, learning_rate=1e30)
+
+
+def test_callback_runs_once_after_every_epoch(data):
+    calls = []
+    model = tiny_model()
+
+    def callback(model_seen, optimizer, history):
+        calls.append((model_seen, optimizer, len(history), history.rows[-1]["epoch"]))
+
+    history = train(model, data, num_epochs=3, callback=callback)
+    assert [(length, epoch) for _, _, length, epoch in calls] == [(1, 1), (2, 2),
+                                                                  (3, 3)]
+    assert all(seen is model for seen, _, _, _ in calls)
+    assert all(isinstance(opt, torch.optim.Adam) for _, opt, _, _ in calls)
+    assert len(history) == 3
+
+
+def test_progress_false_prints_nothing(data, capsys):
+    train(tiny_model(), data, num_epochs=1, progress=False)
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err == ""
+
+
+def test_progress_true_shows_a_bar(data, capsys):
+    train(tiny_model(), data, num_epochs=1, progress=True)
+    captured = capsys.readouterr()
+    assert "training" in captured.out + captured.err
+
+
+# --- likelihoods and binarization ---------------------------------------------
+
+def test_grey_pixels_train_a_continuous_bernoulli_model(data):
+    history = train(tiny_model(likelihood="continuous_bernoulli"), data)
+    assert all(math.isfinite(row["test_loss"]) for row in history.rows)
+
+
+def test_grey_pixels_without_binarizing_are_refused_by_bernoulli(data):
+    with pytest.raises(GreyPixelsError):
+        train(tiny_model(), data, binarize=False)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_training_on_cuda():
+    data = synthetic_images(256, seed=1), synthetic_images(64, seed=2)
+    model = tiny_model().cuda()
+    history = train(model, data, num_epochs=2)
+    assert model.device.type == "cuda"
+    assert all(p.is_cuda for p in model.parameters())
+    for row in history.rows:
+        assert all(math.isfinite(value) for value in row.values())
