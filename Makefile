@@ -40,7 +40,8 @@ EXECUTE := $(JUPYTER) nbconvert --to notebook --execute \
 	--ExecutePreprocessor.timeout=$(CELL_TIMEOUT) \
 	--ExecutePreprocessor.kernel_name=python3
 
-.PHONY: help install lab test course notebook clean distclean
+.PHONY: help install lab test course notebook checkpoints benchmark reference clean \
+	distclean
 
 help:
 	@echo "make lab       install (once) and open the lessons in JupyterLab"
@@ -48,6 +49,9 @@ help:
 	@echo "make course    execute every notebook into build/, render HTML (SMOKE=1: small)"
 	@echo "make notebook NB=notebooks/NN_name.ipynb   execute one notebook in place"
 	@echo "make slides    one reveal.js deck per lesson into build/slides/"
+	@echo "make checkpoints  retrain the two committed course models (lessons 04, 05)"
+	@echo "make benchmark    time the in-memory trainer against a DataLoader loop"
+	@echo "make reference    train and evaluate the reference models, update README"
 	@echo "make install   create .venv and install the course (done by the others)"
 	@echo "make clean     remove build/ and caches; make distclean also removes .venv"
 
@@ -87,6 +91,22 @@ notebook: $(STAMP)
 	@test -n "$(NB)" || { echo "usage: make notebook NB=notebooks/NN_name.ipynb"; exit 2; }
 	@test -f "$(NB)" || { echo "no such notebook: $(NB)"; exit 2; }
 	VAE_COURSE_SMOKE=0 $(EXECUTE) --inplace "$(NB)"
+
+# The two small models that later lessons load: lesson 04 writes the default one and
+# lesson 05 the 2-D one, so regenerating them means re-executing those lessons.
+checkpoints: $(STAMP)
+	rm -f checkpoints/mnist_default.pt checkpoints/mnist_latent2.pt
+	VAE_COURSE_SMOKE=0 $(EXECUTE) --inplace notebooks/04_training.ipynb
+	VAE_COURSE_SMOKE=0 $(EXECUTE) --inplace notebooks/05_visualization.ipynb
+
+# Epoch time of vc.train.fit against a seed-000-style DataLoader loop, one process.
+benchmark: $(STAMP)
+	$(BIN)/python benchmarks/epoch_speed.py --epochs 5
+
+# Trains the default and the best model through the CLI (GPU when present), evaluates
+# them with K=5000 importance samples and writes the table into README.md.
+reference: $(STAMP)
+	$(BIN)/python benchmarks/reference.py $(REFERENCE_FLAGS)
 
 # --- slides: rendered by another target, added here -------------------------
 
