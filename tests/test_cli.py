@@ -25,8 +25,6 @@ from vae_course.checkpoints import load_checkpoint, save_checkpoint
 from vae_course.models import build_vae
 
 REPO = Path(__file__).resolve().parents[1]
-MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
-               "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 TINY = ["--latent-dim", "2", "--hidden-sizes", "16", "--batch-size", "50",
         "--device", "cpu", "--no-progress"]
 ELBO_LINE = re.compile(r"^test -ELBO: (\d+\.\d\d) nats \(epoch (\d+)\)$")
@@ -306,20 +304,8 @@ def test_missing_data_exits_1_with_a_clear_message(capsys, monkeypatch, tmp_path
 
 # --- the real thing -----------------------------------------------------------
 
-def real_mnist_root() -> Path:
-    value = os.environ.get("VAE_COURSE_DATA", "").strip()
-    if not value:
-        pytest.skip("real MNIST needed: set VAE_COURSE_DATA to a torchvision root "
-                    "holding MNIST/raw/")
-    root = Path(value).expanduser()
-    if not all((root / "MNIST" / "raw" / name).is_file() for name in MNIST_FILES):
-        pytest.skip(f"real MNIST needed: VAE_COURSE_DATA={value} lacks MNIST/raw/ files")
-    return root
-
-
 @pytest.mark.slow
-def test_end_to_end_on_mnist(capsys, tmp_path):
-    real_mnist_root()
+def test_end_to_end_on_mnist(capsys, tmp_path, real_data_root):
     folder = tmp_path / "run"
     status, out, err = run(["train", "--epochs", "1", "--output", folder,
                             "--no-progress"], capsys)

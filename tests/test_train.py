@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
-from pathlib import Path
 
 import pytest
 import torch
@@ -18,8 +16,6 @@ from vae_course.train import History, fit
 TERMS = ("loss", "reconstruction", "entropy", "cross_entropy", "kl")
 ROW_KEYS = {"epoch", "seconds", *(f"{split}_{term}" for split in ("train", "test")
                                   for term in TERMS)}
-MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
-               "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 
 
 def synthetic_images(n, seed):
@@ -54,17 +50,6 @@ def without_seconds(history):
 def parameters_equal(a, b):
     return all(torch.equal(p, q) for p, q in zip(a.state_dict().values(),
                                                  b.state_dict().values(), strict=True))
-
-
-def real_mnist_root() -> Path:
-    value = os.environ.get("VAE_COURSE_DATA", "").strip()
-    if not value:
-        pytest.skip("real MNIST needed: set VAE_COURSE_DATA to a torchvision root "
-                    "holding MNIST/raw/")
-    root = Path(value).expanduser()
-    if not all((root / "MNIST" / "raw" / name).is_file() for name in MNIST_FILES):
-        pytest.skip(f"real MNIST needed: VAE_COURSE_DATA={value} lacks MNIST/raw/ files")
-    return root
 
 
 # --- the history --------------------------------------------------------------
@@ -105,10 +90,10 @@ def test_without_test_images_only_train_columns_are_kept(data):
                                     *(f"train_{term}" for term in TERMS)}
 
 
-def test_loss_decreases_on_real_mnist():
+def test_loss_decreases_on_real_mnist(real_data_root):
     from vae_course.data import load_mnist
 
-    root = real_mnist_root()
+    root = real_data_root
     train_images, _ = load_mnist("train", "mnist", root)
     test_images, _ = load_mnist("test", "mnist", root)
     torch.manual_seed(0)
