@@ -86,7 +86,8 @@ def main() -> None:
                        "--overwrite", "--no-progress", "--device", args.device, *flags])
         limit = ["--limit", str(args.test_images)] if args.test_images else []
         run([*cli, "evaluate", str(folder / "checkpoint.pt"), "--k", str(args.k),
-             "--json", str(folder / "evaluation.json"), "--device", args.device, *limit])
+             "--json", str(folder / "evaluation.json"), "--device", args.device,
+             "--no-progress", *limit])
         result = json.loads((folder / "evaluation.json").read_text())
         rows.append({"name": name, "description": description, "train_seconds": seconds,
                      **result})
