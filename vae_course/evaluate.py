@@ -19,14 +19,12 @@ import torch
 
 from .distributions import check_pixels
 from .elbo import mean_terms
-from .train import check_images, fixed_test_images
+from .train import check_images, fixed_test_images, wants_binarization
 
 
 def _prepared(model, images, binarize, seed):
     check_images(images)
-    if binarize is None:
-        binarize = model.likelihood == "bernoulli"
-    return fixed_test_images(images, binarize, seed)
+    return fixed_test_images(images, wants_binarization(model, binarize), seed)
 
 
 @torch.no_grad()

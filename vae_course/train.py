@@ -49,6 +49,11 @@ def check_images(images: torch.Tensor, name: str = "images") -> None:
         raise ValueError(f"{name} must hold pixels in [0, 1]")
 
 
+def wants_binarization(model, binarize: bool | None) -> bool:
+    """``binarize`` as given, or by default: binarize for a Bernoulli likelihood."""
+    return model.likelihood == "bernoulli" if binarize is None else binarize
+
+
 def fixed_test_images(images: torch.Tensor, binarize: bool, seed: int = 0):
     """The test set as evaluated: one seeded binarization, the same every epoch."""
     if not binarize:
@@ -122,8 +127,7 @@ def fit(model, train_images: torch.Tensor, test_images: torch.Tensor | None = No
     if beta < 0 or warmup_epochs < 0:
         raise ValueError("beta and warmup_epochs must not be negative")
     check_images(train_images, "train_images")
-    if binarize is None:
-        binarize = model.likelihood == "bernoulli"
+    binarize = wants_binarization(model, binarize)
     device = model.device
     train = train_images.to(device)
     test = None
