@@ -69,8 +69,8 @@ def plot_latent_scatter(model: VAE, images: torch.Tensor, labels: torch.Tensor, 
     points = project_2d(latent_means(model, images)).numpy()
     if ax is None:
         _, ax = plt.subplots(figsize=(6, 5))
-    scatter = ax.scatter(points[:, 0], points[:, 1], c=torch.as_tensor(labels).numpy(),
-                         cmap="tab10", s=3,
+    colours = torch.as_tensor(labels).numpy()
+    scatter = ax.scatter(points[:, 0], points[:, 1], c=colours, cmap="tab10", s=3,
                          vmin=-0.5, vmax=9.5)
     ax.figure.colorbar(scatter, ax=ax, ticks=range(10), label="digit")
     kind = "latent means" if model.latent_dim <= 2 else "first two principal components"
