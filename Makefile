@@ -67,7 +67,7 @@ lab: $(STAMP)
 	$(JUPYTER) lab notebooks/ --ip=127.0.0.1 --no-browser $(ALLOW_ROOT)
 
 # Smoke budgets (VAE_COURSE_SMOKE=1) keep the run short; nbval compares only the
-# cells marked # NBVAL_CHECK_OUTPUT, after tests/nbval_sanitize.cfg.
+# cells tagged nbval-check-output, after tests/nbval_sanitize.cfg.
 test: $(STAMP)
 	$(BIN)/ruff check .
 	rm -rf runs/smoke

@@ -19,7 +19,11 @@ REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = REPO / "notebooks"
 SOLUTIONS = NOTEBOOKS / "solutions"
 LESSON_NAME = re.compile(r"^(\d\d)_(\w+)\.ipynb$")
-SKIP_WITH_REASON = re.compile(r"^# NBVAL_SKIP\n# reason: \S")
+CHECK_TAG = "nbval-check-output"
+SKIP_TAG = "nbval-skip"
+# A skipped cell says why in its metadata, where learners and slides never see it.
+SKIP_REASON_KEY = "nbval-skip-reason"
+MARKER_COMMENT = re.compile(r"^\s*#\s*NBVAL_", re.IGNORECASE)
 MIN_CHECKED_CELLS = 5
 
 
@@ -54,6 +58,10 @@ def code_cells(notebook: nbformat.NotebookNode):
     return [cell for cell in notebook.cells if cell.cell_type == "code"]
 
 
+def tagged(cell, tag: str) -> bool:
+    return tag in cell.get("metadata", {}).get("tags", [])
+
+
 @pytest.mark.parametrize("path", ALL, ids=relative)
 def test_notebook_is_valid(path):
     notebook = read(path)
@@ -81,13 +89,22 @@ def test_no_error_outputs(path):
 
 
 @pytest.mark.parametrize("path", ALL, ids=relative)
+def test_no_test_marker_in_sight(path):
+    marked = [index for index, cell in enumerate(code_cells(read(path)))
+              if any(MARKER_COMMENT.match(line) for line in cell.source.splitlines())]
+    assert not marked, (
+        f"{relative(path)}: code cells {marked} carry an nbval comment a learner "
+        f"would read; use the cell tags {CHECK_TAG!r} or {SKIP_TAG!r} instead")
+
+
+@pytest.mark.parametrize("path", ALL, ids=relative)
 def test_skipped_cells_give_a_reason(path):
     bare = [index for index, cell in enumerate(code_cells(read(path)))
-            if cell.source.lstrip().startswith("# NBVAL_SKIP")
-            and not SKIP_WITH_REASON.match(cell.source.lstrip())]
+            if tagged(cell, SKIP_TAG)
+            and not str(cell.metadata.get(SKIP_REASON_KEY, "")).strip()]
     assert not bare, (
-        f"{relative(path)}: code cells {bare} skip without a reason; write "
-        f"'# NBVAL_SKIP' and on the next line '# reason: <why>'")
+        f"{relative(path)}: code cells {bare} are tagged {SKIP_TAG!r} without a "
+        f"reason; give the cell metadata a {SKIP_REASON_KEY!r} string")
 
 
 @pytest.mark.parametrize("path", ALL, ids=relative)
@@ -117,10 +134,9 @@ def test_lesson_has_a_solutions_notebook(path):
 
 @pytest.mark.parametrize("path", LESSONS, ids=relative)
 def test_lesson_checks_enough_outputs(path):
-    checked = [cell for cell in code_cells(read(path))
-               if cell.source.lstrip().startswith("# NBVAL_CHECK_OUTPUT")]
+    checked = [cell for cell in code_cells(read(path)) if tagged(cell, CHECK_TAG)]
     assert len(checked) >= MIN_CHECKED_CELLS, (
-        f"{relative(path)}: {len(checked)} cells marked # NBVAL_CHECK_OUTPUT, "
+        f"{relative(path)}: {len(checked)} cells tagged {CHECK_TAG!r}, "
         f"at least {MIN_CHECKED_CELLS} wanted")
-    silent = [cell.source.splitlines()[1:2] for cell in checked if not cell.outputs]
+    silent = [cell.source.splitlines()[:1] for cell in checked if not cell.outputs]
     assert not silent, f"{relative(path)}: checked cells with no output: {silent}"
