@@ -26,7 +26,8 @@ thousands commas ("3,280" is 3280). The sign is ignored, so prose may call a los
 
 - integers from 0 to 10 (prose such as "two terms", "step 1", "β = 4");
 - digits that are part of a word or a name: ``06_evaluation``, ``fc21``, ``2D``,
-  ``x1`` (a letter or underscore touches them);
+  ``x1``, ``deepbayes-2019`` (a letter or underscore touches them, or a hyphen
+  joins them to a word);
 - two-digit lesson numbers with a leading zero ("lesson 04", "lessons 06-07");
 - URLs, link targets ``](...)``, arXiv ids, and the number of a heading
   ("## 3. Training");
@@ -66,7 +67,7 @@ SMALL_INTEGER = 10
 # A number in prose: digits, optional thousands commas, optional decimals, not glued
 # to a letter, an underscore or another digit on either side.
 NUMBER = re.compile(
-    r"(?<![\w.])(\d{1,3}(?:,\d{3})+|\d+)(\.\d+)?(?![\w]|\.\d)")
+    r"(?<![\w.])(?<![A-Za-z]-)(\d{1,3}(?:,\d{3})+|\d+)(\.\d+)?(?![\w]|\.\d)")
 # A number in an output: also scientific notation ("1.2e-05").
 OUTPUT_NUMBER = re.compile(r"(?<![\w.])(\d+(?:,\d{3})*)(\.\d+)?(?:[eE]([-+]?\d+))?")
 URL = re.compile(r"https?://\S+|www\.\S+")
@@ -262,7 +263,8 @@ def test_rounding_goes_one_way():
 
 
 def test_what_counts_as_a_number():
-    markdown = ("Lesson 04 trains for 16 epochs (see `06_evaluation` and "
+    markdown = ("Lesson 04 (after deepbayes-2019) trains for 16 epochs "
+                "(see `06_evaluation` and "
                 "[Burda](https://arxiv.org/abs/1509.00519), arXiv:1509.00519); "
                 "two terms, β = 4, fc21 and 3,280 passes give 86.76 nats.\n\n"
                 "```python\nx = 123.4\n```\n## 12. Heading\n"
