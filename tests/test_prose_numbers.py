@@ -251,6 +251,31 @@ def problems_in(path: Path) -> list[str]:
     return problems
 
 
+def citation_problems(text: str, where: str) -> list[str]:
+    """A year after a listed first author that is not one of that author's years."""
+    problems = []
+    for surname, allowed in citation_years().items():
+        for match in citation_pattern(surname).finditer(prose_only(text)):
+            if match.group(1) not in allowed:
+                problems.append(f"{where}: {surname} cited as {match.group(1)}: "
+                                f"{sentence_at(text, match.start())}")
+    return problems
+
+
+def test_readme_cites_the_listed_years_and_links():
+    """README.md: citation years as in the constants file, every listed work linked.
+
+    The README's own numbers are not checked against outputs: its reference table is
+    written by ``make reference`` and its speed table by ``make benchmark``, whose
+    results no committed file holds.
+    """
+    readme = (REPO / "README.md").read_text()
+    assert not citation_problems(readme, "README.md")
+    missing = [work["link"] for work in load_constants()["reference"]
+               if work["link"] not in readme]
+    assert not missing, f"README's References lacks {missing}"
+
+
 # --- the rules themselves --------------------------------------------------------
 
 def test_rounding_goes_one_way():
