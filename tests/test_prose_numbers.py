@@ -324,5 +324,6 @@ def test_markdown_numbers_are_printed_or_cited(path):
     problems = problems_in(path)
     assert not problems, (
         f"{len(problems)} number(s) in the Markdown of {relative(path)} are shown by "
-        "no output of the notebook and are not in tests/prose_constants.toml; quote "
+        "no output or code cell of the notebook and are not in "
+        "tests/prose_constants.toml, or cite a year that the file does not list; quote "
         "what the outputs print, or add a sourced constant:\n" + "\n".join(problems))
