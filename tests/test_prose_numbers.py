@@ -47,6 +47,12 @@ listed works. A year of an unlisted work is an unexplained number like any other
 
 The test lists every offending number with its notebook, cell index and sentence, so
 that a writer can fix them all in one pass after re-executing a notebook.
+
+What it cannot see: a number is bound to the outputs of its notebook as a whole, not
+to the one cell the sentence means, so a wrong number that happens to equal (or round
+from) another printed number passes, and words such as "twice" or "most" are not
+numbers. It catches stale and invented numbers, not every misreading. README.md is
+checked for its citation years and its list of references only (see the test below).
 """
 
 from __future__ import annotations
