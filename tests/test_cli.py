@@ -431,6 +431,8 @@ def test_divergence_is_one_line(capsys, fake_data, tmp_path):
     assert status == 1
     assert_one_clean_line(err)
     assert err[0].startswith("error: training diverged")
+    if "epoch 1," in err[0]:  # nothing was saved, so nothing is left behind
+        assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.parametrize("make_output", [

@@ -337,10 +337,10 @@ def run_train(args) -> int:
     done = len(history) if history is not None else 0
     train_images, _ = load_mnist("train", settings["dataset"], args.data_root)
     test_images, _ = load_mnist("test", settings["dataset"], args.data_root)
-    folder.mkdir(parents=True, exist_ok=True)
 
     def after_epoch(model, optimizer, history):
         epoch = len(history)
+        # Creates the folder on the first epoch: a run that fails sooner leaves none.
         save_checkpoint(checkpoint, model, optimizer, history, settings=settings)
         _write_metrics(folder, history)
         _save_pictures(folder, model, test_images, epoch, settings["seed"])
