@@ -258,3 +258,122 @@ def test_load_weights_into_a_different_model_is_refused(saved, kwargs):
     with pytest.raises(CheckpointError, match="saved from"):
         load_weights_into(other, path)
     assert all(torch.equal(before[k], v) for k, v in other.state_dict().items())
+
+
+# --- what is saved can be loaded; what is malformed is refused ----------------
+
+def test_numpy_scalars_and_paths_are_saved_as_plain_values(tmp_path):
+    import numpy as np
+
+    history = History([{"epoch": 1, "seconds": np.float64(0.5),
+                        "train_loss": np.float32(120.5)}])
+    path = save_checkpoint(tmp_path / "checkpoint.pt", small_model(), history=history,
+                           settings={"output": tmp_path / "run", "seed": np.int64(3),
+                                     "sizes": (np.int32(16), 8)})
+    _, payload = load_checkpoint(path)
+    row = payload["history"].rows[0]
+    assert row == {"epoch": 1, "seconds": 0.5, "train_loss": 120.5}
+    assert type(row["seconds"]) is float and type(row["train_loss"]) is float
+    settings = payload["extra"]["settings"]
+    assert settings == {"output": str(tmp_path / "run"), "seed": 3, "sizes": (16, 8)}
+    assert type(settings["seed"]) is int
+
+
+@pytest.mark.parametrize("extra", [{"note": {1, 2}}, {"note": object()},
+                                   {"note": {("a", "b"): 1}}],
+                         ids=["set", "object", "tuple-key"])
+def test_values_a_checkpoint_cannot_hold_are_refused_when_saving(tmp_path, extra):
+    path = tmp_path / "checkpoint.pt"
+    with pytest.raises(TypeError, match=r"extra\['note'\]"):
+        save_checkpoint(path, small_model(), **extra)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("rows", [
+    [{"epoch": 1, "loss": "high"}],
+    [{"epoch": 2, "loss": 1.0}],
+    [["epoch", 1]],
+    [{"loss": 1.0}],
+], ids=["text-value", "wrong-epoch", "not-a-dict", "no-epoch"])
+def test_a_malformed_history_is_refused_when_saving(tmp_path, rows):
+    with pytest.raises((TypeError, ValueError), match="history"):
+        save_checkpoint(tmp_path / "checkpoint.pt", small_model(),
+                        history=History(rows))
+    assert list(tmp_path.iterdir()) == []
+
+
+def rewrite(path, tmp_path, change):
+    payload = torch.load(path, weights_only=True)
+    change(payload)
+    changed = tmp_path / "changed.pt"
+    torch.save(payload, changed)
+    return changed
+
+
+@pytest.mark.parametrize("field", ["config", "state_dict", "optimizer", "history",
+                                   "extra"])
+def test_a_checkpoint_missing_a_field_is_refused(saved, tmp_path, field):
+    _, path = saved
+    changed = rewrite(path, tmp_path, lambda payload: payload.pop(field))
+    with pytest.raises(CheckpointError, match=field):
+        load_checkpoint(changed)
+
+
+@pytest.mark.parametrize("history", [5, "abc", [1, 2], [{"epoch": "one"}],
+                                     {"epoch": 1}, [{"epoch": 1}, {"epoch": 1}]])
+def test_a_malformed_history_is_refused_when_loading(saved, tmp_path, history):
+    _, path = saved
+    changed = rewrite(path, tmp_path, lambda payload: payload.update(history=history))
+    with pytest.raises(CheckpointError, match="history"):
+        load_checkpoint(changed)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_non_finite_weights_are_refused(saved, tmp_path, value):
+    model, path = saved
+
+    def poison(payload):
+        payload["state_dict"]["decoder.0.bias"][3] = value
+
+    changed = rewrite(path, tmp_path, poison)
+    with pytest.raises(CheckpointError, match=r"decoder\.0\.bias.*(NaN|infinite)"):
+        load_checkpoint(changed)
+    with pytest.raises(CheckpointError, match=r"decoder\.0\.bias"):
+        load_weights_into(small_model(), changed)
+
+
+def test_a_huge_config_is_refused_before_anything_is_built(saved, tmp_path,
+                                                           monkeypatch):
+    # The config is compared with the weights' shapes first: a config asking for a
+    # layer of a billion units (3 TB of weights) must not reach the allocator.
+    _, path = saved
+    changed = rewrite(path, tmp_path,
+                      lambda payload: payload["config"].update(hidden_sizes=[10**9]))
+    built = []
+    real_build = checkpoints.build_vae
+
+    def recording_build(*args, **kwargs):
+        built.append(torch.empty(0).device.type)  # where factories put tensors now
+        return real_build(*args, **kwargs)
+
+    monkeypatch.setattr(checkpoints, "build_vae", recording_build)
+    with pytest.raises(CheckpointError, match=r"encoder\.0\.weight.*\(16, 784\)"):
+        load_checkpoint(changed)
+    assert set(built) <= {"meta"}
+
+
+def test_a_state_dict_with_other_values_is_refused(saved, tmp_path):
+    _, path = saved
+    changed = rewrite(path, tmp_path, lambda payload: payload["state_dict"].update(
+        {"decoder.0.bias": 3}))
+    with pytest.raises(CheckpointError, match=r"decoder\.0\.bias"):
+        load_checkpoint(changed)
+
+
+def test_an_optimizer_state_for_another_model_is_a_checkpoint_error(tmp_path):
+    model = small_model()
+    path = save_checkpoint(tmp_path / "checkpoint.pt", model, trained_optimizer(model))
+    _, payload = load_checkpoint(path)
+    other = small_model(latent_dim=8)
+    with pytest.raises(CheckpointError, match="optimizer"):
+        restore_optimizer(torch.optim.Adam(other.decoder.parameters()), payload)

@@ -338,3 +338,237 @@ def test_end_to_end_on_mnist(capsys, tmp_path, real_data_root):
     negative_elbo = float(re.match(r"test -ELBO: (\d+\.\d\d)", elbo[0]).group(1))
     assert 50 < -float(log_p[0].group(2)) < 250
     assert 50 < negative_elbo < 250
+
+
+# --- resuming continues the run that was saved --------------------------------
+
+def assert_one_clean_line(err):
+    assert len(err) == 1, err
+    assert "Traceback" not in err[0]
+
+
+def test_resume_trains_on_the_saved_dataset(capsys, fake_data, tmp_path):
+    folder = tmp_path / "run"
+    assert run(["train", "--epochs", "1", "--dataset", "fashion-mnist", "--output",
+                folder, *TINY], capsys)[0] == 0
+    fake_data.clear()
+    status, _, err = run(["train", "--resume", "--epochs", "2", "--output", folder,
+                          "--no-progress", "--device", "cpu"], capsys)
+    assert status == 0, err
+    assert {dataset for _, dataset, _ in fake_data} == {"fashion-mnist"}
+    _, payload = load_checkpoint(folder / "checkpoint.pt")
+    assert payload["extra"]["settings"]["dataset"] == "fashion-mnist"
+
+
+@pytest.mark.parametrize("flags, flag", [
+    (["--lr", "0.01"], "--lr"),
+    (["--batch-size", "25"], "--batch-size"),
+    (["--beta", "2"], "--beta"),
+    (["--warmup-epochs", "1"], "--warmup-epochs"),
+    (["--dataset", "mnist"], "--dataset"),
+    (["--seed", "7"], "--seed"),
+    (["--latent-dim", "3"], "--latent-dim"),
+    (["--hidden-sizes", "16", "16"], "--hidden-sizes"),
+    (["--likelihood", "continuous_bernoulli"], "--likelihood"),
+    (["--architecture", "conv"], "--architecture"),
+])
+def test_resume_refuses_a_flag_that_conflicts_with_the_saved_run(capsys, fake_data,
+                                                                 tmp_path, flags, flag):
+    folder = tmp_path / "run"
+    assert run(["train", "--epochs", "1", "--dataset", "fashion-mnist", "--output",
+                folder, *TINY], capsys)[0] == 0
+    before = (folder / "checkpoint.pt").read_bytes()
+    fake_data.clear()
+    status, out, err = run(["train", "--resume", "--epochs", "2", "--output", folder,
+                            "--no-progress", *flags], capsys)
+    assert status == 2
+    assert_one_clean_line(err)
+    assert err[0].startswith("python -m vae_course train: error:")
+    assert flag in err[0] and "saved" in err[0]
+    assert fake_data == []  # refused before any data is read
+    assert (folder / "checkpoint.pt").read_bytes() == before
+
+
+def test_resume_accepts_flags_equal_to_the_saved_settings(capsys, fake_data, tmp_path):
+    folder = tmp_path / "run"
+    assert run(["train", "--epochs", "1", "--lr", "0.002", "--output", folder, *TINY],
+               capsys)[0] == 0
+    status, _, err = run(["train", "--resume", "--epochs", "2", "--output", folder,
+                          "--lr", "2e-3", *TINY], capsys)
+    assert status == 0, err
+    assert [row["epoch"] for row in rows_without_seconds(folder)] == [1, 2]
+
+
+def test_resume_needs_more_epochs_than_were_saved(capsys, fake_data, tmp_path):
+    folder = tmp_path / "run"
+    assert run(["train", "--epochs", "2", "--output", folder, *TINY], capsys)[0] == 0
+    fake_data.clear()
+    status, _, err = run(["train", "--resume", "--epochs", "2", "--output", folder,
+                          "--no-progress"], capsys)
+    assert status == 2
+    assert_one_clean_line(err)
+    assert "--epochs" in err[0] and "2" in err[0]
+    assert fake_data == []
+
+
+def test_resume_refuses_a_checkpoint_without_training_settings(capsys, fake_data,
+                                                               tmp_path):
+    folder = tmp_path / "run"
+    save_checkpoint(folder / "checkpoint.pt", build_vae(latent_dim=2))
+    status, _, err = run(["train", "--resume", "--output", folder, "--no-progress"],
+                         capsys)
+    assert status == 1
+    assert_one_clean_line(err)
+    assert err[0].startswith("error:") and "settings" in err[0]
+    assert fake_data == []
+
+
+# --- expected failures end in one line, never a traceback ----------------------
+
+def test_divergence_is_one_line(capsys, fake_data, tmp_path):
+    status, _, err = run(["train", "--epochs", "3", "--lr", "1e3", "--output",
+                          tmp_path / "run", *TINY], capsys)
+    assert status == 1
+    assert_one_clean_line(err)
+    assert err[0].startswith("error: training diverged")
+    if "epoch 1," in err[0]:  # nothing was saved, so nothing is left behind
+        assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("make_output", [
+    pytest.param(lambda tmp: (tmp / "file.txt", tmp / "file.txt"), id="a-file"),
+    pytest.param(lambda tmp: (tmp / "file.txt", tmp / "file.txt" / "run"),
+                 id="under-a-file"),
+])
+def test_an_output_that_is_not_a_folder_is_refused_before_training(
+        capsys, fake_data, tmp_path, make_output):
+    existing, output = make_output(tmp_path)
+    existing.write_text("notes\n")
+    status, _, err = run(["train", "--epochs", "1", "--output", output, *TINY], capsys)
+    assert status == 2
+    assert_one_clean_line(err)
+    assert "--output" in err[0] and str(existing) in err[0]
+    assert fake_data == []
+    assert existing.read_text() == "notes\n"
+
+
+def test_an_output_that_cannot_be_written_is_refused_before_training(
+        capsys, fake_data, tmp_path, monkeypatch):
+    # Root may write anywhere, so refuse the write the way a read-only disk would.
+    folder = tmp_path / "read-only"
+    folder.mkdir()
+
+    def refuse(*args, dir=None, **kwargs):
+        raise PermissionError(13, "Permission denied", str(dir))
+
+    monkeypatch.setattr(cli.tempfile, "TemporaryFile", refuse)
+    status, _, err = run(["train", "--epochs", "1", "--output", folder / "run", *TINY],
+                         capsys)
+    assert status == 2
+    assert_one_clean_line(err)
+    assert "--output" in err[0] and "Permission denied" in err[0]
+    assert fake_data == []
+    assert list(folder.iterdir()) == []
+
+
+@pytest.mark.parametrize("make_json", [
+    pytest.param(lambda tmp: tmp / "no-such-folder" / "numbers.json", id="no-folder"),
+    pytest.param(lambda tmp: tmp, id="a-folder"),
+])
+def test_a_json_path_that_cannot_be_written_is_refused_before_evaluating(
+        capsys, fake_data, tmp_path, make_json):
+    path = save_checkpoint(tmp_path / "checkpoint.pt", build_vae(latent_dim=2))
+    report = make_json(tmp_path)
+    status, out, err = run(["evaluate", path, "--k", "2", "--json", report,
+                            "--no-progress", "--device", "cpu"], capsys)
+    assert status == 2
+    assert_one_clean_line(err)
+    assert "--json" in err[0]
+    assert out == [] and fake_data == []
+
+
+def poisoned_checkpoint(tmp_path, change):
+    path = save_checkpoint(tmp_path / "checkpoint.pt", build_vae(latent_dim=2))
+    payload = torch.load(path, weights_only=True)
+    change(payload)
+    torch.save(payload, path)
+    return path
+
+
+@pytest.mark.parametrize("change", [
+    lambda payload: payload.pop("history"),
+    lambda payload: payload.pop("extra"),
+    lambda payload: payload["state_dict"]["encoder.0.bias"].fill_(float("nan")),
+    lambda payload: payload.update(history=[{"epoch": "x"}]),
+], ids=["no-history", "no-extra", "nan-weights", "bad-history"])
+def test_evaluate_refuses_a_broken_checkpoint_in_one_line(capsys, fake_data, tmp_path,
+                                                          change):
+    path = poisoned_checkpoint(tmp_path, change)
+    status, _, err = run(["evaluate", path, "--k", "2", "--no-progress", "--device",
+                          "cpu"], capsys)
+    assert status == 1
+    assert_one_clean_line(err)
+    assert err[0].startswith("error:") and str(path) in err[0]
+
+
+def test_resume_refuses_a_broken_checkpoint_in_one_line(capsys, fake_data, tmp_path):
+    folder = tmp_path / "run"
+    assert run(["train", "--epochs", "1", "--output", folder, *TINY], capsys)[0] == 0
+    path = folder / "checkpoint.pt"
+    payload = torch.load(path, weights_only=True)
+    del payload["extra"]["settings"]["lr"]
+    torch.save(payload, path)
+    status, _, err = run(["train", "--resume", "--epochs", "2", "--output", folder,
+                          "--no-progress"], capsys)
+    assert status == 1
+    assert_one_clean_line(err)
+    assert "lr" in err[0]
+
+
+def test_a_model_too_large_for_memory_is_one_line(capsys, fake_data, tmp_path):
+    # 784 x 4e9 weights are 12.5 TB: refused from their size, before any allocation.
+    status, _, err = run(["train", "--epochs", "1", "--hidden-sizes", "4000000000",
+                          "--output", tmp_path / "run", "--no-progress", "--device",
+                          "cpu"], capsys)
+    assert status == 1
+    assert_one_clean_line(err)
+    assert err[0].startswith("error:") and "memory" in err[0]
+    assert fake_data == []
+
+
+@pytest.mark.parametrize("device", ["meta", "cuda:99", "cpu:x"])
+def test_a_device_that_cannot_train_is_a_bad_flag(capsys, fake_data, tmp_path,
+                                                  monkeypatch, device):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    status, _, err = run(["train", "--device", device, "--output", tmp_path / "run"],
+                         capsys)
+    assert status == 2
+    assert_one_clean_line(err)
+    assert "--device" in err[0]
+    assert fake_data == []
+
+
+def test_a_write_failing_during_training_is_one_line(capsys, fake_data, tmp_path,
+                                                     monkeypatch):
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(cli, "save_checkpoint", full_disk)
+    status, _, err = run(["train", "--epochs", "1", "--output", tmp_path / "run",
+                          *TINY], capsys)
+    assert status == 1
+    assert_one_clean_line(err)
+    assert "No space left on device" in err[0]
+
+
+def test_an_interrupted_run_is_one_line(capsys, fake_data, tmp_path, monkeypatch):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "fit", interrupted)
+    status, _, err = run(["train", "--epochs", "1", "--output", tmp_path / "run",
+                          *TINY], capsys)
+    assert status == 130
+    assert_one_clean_line(err)
+    assert "interrupted" in err[0]

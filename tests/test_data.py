@@ -230,3 +230,92 @@ def test_binarize_real_images_keeps_the_mean(real_data_root):
 def test_binarize_rejects_values_outside_zero_one(bad, error):
     with pytest.raises(error, match=r"\[0, 1\]"):
         data.binarize(bad)
+
+
+def test_binarize_refuses_nan():
+    with pytest.raises(ValueError, match="NaN"):
+        data.binarize(torch.tensor([[0.5, float("nan")]]))
+
+
+# --- data folder corner cases (synthetic idx files, no real data needed) --------
+
+def write_idx(path: Path, values: torch.Tensor) -> None:
+    """An idx file as torchvision reads it: magic, sizes, then the uint8 values."""
+    header = bytes([0, 0, 8, values.dim()])
+    for size in values.shape:
+        header += int(size).to_bytes(4, "big")
+    path.write_bytes(header + values.to(torch.uint8).numpy().tobytes())
+
+
+def synthetic_root(tmp_path: Path) -> tuple[Path, torch.Tensor]:
+    """A root with a readable MNIST test split; the train files are placeholders."""
+    raw = tmp_path / "synthetic-root" / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    generator = torch.Generator().manual_seed(0)
+    pixels = torch.randint(0, 256, (10_000, 28, 28), generator=generator)
+    write_idx(raw / "t10k-images-idx3-ubyte", pixels)
+    write_idx(raw / "t10k-labels-idx1-ubyte", torch.arange(10_000) % 10)
+    for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"):
+        (raw / name).write_bytes(b"")
+    return raw.parents[1], pixels.reshape(10_000, 784).float() / 255
+
+
+def test_synthetic_root_loads(tmp_path):
+    root, expected = synthetic_root(tmp_path)
+    images, labels = data.load_mnist("test", root=root)
+    assert torch.equal(images, expected)
+    assert labels[:12].tolist() == [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 1]
+
+
+def test_a_stale_processed_folder_does_not_shadow_the_raw_files(tmp_path):
+    # Old torchvision versions cached MNIST as processed/*.pt; newer ones still
+    # prefer those files over raw/ when both exist.
+    root, expected = synthetic_root(tmp_path)
+    processed = root / "MNIST" / "processed"
+    processed.mkdir()
+    zeros = torch.zeros(10_000, 28, 28, dtype=torch.uint8)
+    for name in ("training.pt", "test.pt"):
+        torch.save((zeros, torch.zeros(10_000, dtype=torch.long)), processed / name)
+    images, _ = data.load_mnist("test", root=root)
+    assert torch.equal(images, expected)
+
+
+def test_a_folder_in_place_of_a_raw_file_is_named(no_network, tmp_path):
+    root, _ = synthetic_root(tmp_path)
+    path = root / "MNIST" / "raw" / "t10k-images-idx3-ubyte"
+    path.unlink()
+    path.mkdir()
+    with pytest.raises(data.DataCorruptError) as caught:
+        data.load_mnist("test", root=root)
+    assert str(path.resolve()) in str(caught.value)
+    assert "folder" in str(caught.value)
+
+
+def test_an_unreadable_raw_file_is_named(tmp_path, monkeypatch):
+    # The tests may run as root, who can read any file: refuse the open instead.
+    root, _ = synthetic_root(tmp_path)
+    path = (root / "MNIST" / "raw" / "t10k-labels-idx1-ubyte").resolve()
+    real_open = open
+
+    def guarded_open(file, *args, **kwargs):
+        if Path(os.fspath(file)).resolve() == path:
+            raise PermissionError(13, "Permission denied", os.fspath(file))
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr("builtins.open", guarded_open)
+    with pytest.raises(data.DataCorruptError) as caught:
+        data.load_mnist("test", root=root)
+    message = str(caught.value)
+    assert str(path) in message and "Permission denied" in message
+    assert caught.value.__suppress_context__ is True
+
+
+@pytest.mark.parametrize("existing", ["root", "nothing"])
+def test_a_failed_download_leaves_no_empty_folders(no_network, tmp_path, existing):
+    root = tmp_path / "root"
+    if existing == "root":
+        root.mkdir()
+    with pytest.raises(data.DataNotFoundError):
+        data.load_mnist("test", root=root)
+    assert not (root / "MNIST").exists()
+    assert root.exists() == (existing == "root")

@@ -144,3 +144,20 @@ def test_validation_is_not_switched_off():
         Bernoulli(logits=torch.zeros(3)).log_prob(torch.tensor([0.0, 0.5, 1.0]))
     with pytest.raises(ValueError):
         likelihood_from_logits(torch.zeros(1, 784)).log_prob(torch.full((1, 784), 0.5))
+
+
+@pytest.mark.parametrize("kind", LIKELIHOODS)
+def test_nan_pixels_are_refused_and_named(kind):
+    # NaN compares False with everything, so a plain range test lets it through.
+    x = torch.zeros(2, 784)
+    x[1, 7] = float("nan")
+    with pytest.raises(ValueError, match="NaN") as caught:
+        check_pixels(x, kind)
+    assert not isinstance(caught.value, GreyPixelsError)  # binarizing would not help
+
+
+def test_pixels_must_be_a_float_tensor():
+    with pytest.raises(TypeError, match="torch.Tensor"):
+        check_pixels([[0.0, 1.0]], "bernoulli")
+    with pytest.raises(TypeError, match="floating point"):
+        check_pixels(torch.ones(2, 784, dtype=torch.uint8), "bernoulli")

@@ -264,3 +264,100 @@ def test_training_on_cuda():
     assert all(p.is_cuda for p in model.parameters())
     for row in history.rows:
         assert all(math.isfinite(value) for value in row.values())
+
+
+# --- inputs that used to be accepted and then crashed --------------------------
+
+@pytest.mark.parametrize("name", ["num_epochs", "batch_size", "learning_rate", "beta",
+                                  "warmup_epochs", "seed"])
+def test_true_is_not_a_number(data, name):
+    model = tiny_model()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(TypeError, match=name):
+        train(model, data, **{name: True})
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+@pytest.mark.parametrize("name", ["beta", "warmup_epochs"])
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_nan_or_infinite_beta_and_warmup_are_refused_up_front(data, name, value):
+    with pytest.raises(ValueError, match=name):
+        train(tiny_model(), data, **{name: value})
+
+
+@pytest.mark.parametrize("split", ["train_images", "test_images"])
+def test_nan_images_are_refused_before_training(data, split):
+    poisoned = data[0 if split == "train_images" else 1].clone()
+    poisoned[3, 100] = float("nan")
+    arguments = dict(zip(("train_images", "test_images"), data, strict=True))
+    arguments[split] = poisoned
+    model = tiny_model(likelihood="continuous_bernoulli")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match=rf"{split}.*NaN"):
+        fit(model, arguments["train_images"], arguments["test_images"], num_epochs=1,
+            progress=False)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+@pytest.mark.parametrize("split", ["train_images", "test_images"])
+def test_float64_images_are_refused_before_training(data, split):
+    # torch.from_numpy gives float64; nn.Linear with float32 weights refuses it.
+    arguments = dict(zip(("train_images", "test_images"), data, strict=True))
+    arguments[split] = arguments[split].double()
+    model = tiny_model()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match=rf"{split}.*float64.*float32"):
+        fit(model, arguments["train_images"], arguments["test_images"], num_epochs=1,
+            progress=False)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_a_float64_model_trains_on_float64_images(data):
+    model = tiny_model().double()
+    history = fit(model, data[0].double(), data[1].double(), num_epochs=1,
+                  batch_size=64, progress=False)
+    assert math.isfinite(history.rows[0]["test_loss"])
+
+
+@pytest.mark.parametrize("images, message", [
+    (torch.full((4, 784), float("nan")), "NaN"),
+    (torch.rand(4, 784, dtype=torch.float64), "float64"),
+], ids=["nan", "float64"])
+def test_evaluate_elbo_checks_images_like_fit(data, images, message):
+    with pytest.raises(ValueError, match=message):
+        evaluate_elbo(tiny_model(likelihood="continuous_bernoulli"), images)
+
+
+@pytest.mark.parametrize("kwargs", [{"seed": True}, {"batch_size": True},
+                                    {"batch_size": 0}, {"seed": float("nan")}])
+def test_evaluate_elbo_checks_its_numbers(data, kwargs):
+    with pytest.raises((TypeError, ValueError), match=next(iter(kwargs))):
+        evaluate_elbo(tiny_model(), data[1], **kwargs)
+
+
+class _PoisonOnLastStep(torch.optim.Adam):
+    """Adam that writes a NaN weight on the last step of the first epoch."""
+
+    def __init__(self, params, steps_per_epoch):
+        self.params_list = list(params)
+        super().__init__(self.params_list, lr=1e-3)
+        self.steps, self.steps_per_epoch = 0, steps_per_epoch
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        result = super().step(closure)
+        self.steps += 1
+        if self.steps == self.steps_per_epoch:
+            self.params_list[0][0, 0] = float("nan")
+        return result
+
+
+@pytest.mark.parametrize("with_test_images", [True, False])
+def test_divergence_in_the_last_step_of_an_epoch_is_reported(data, with_test_images):
+    model = tiny_model()
+    optimizer = _PoisonOnLastStep(model.parameters(), steps_per_epoch=256 // 64)
+    saved = []
+    with pytest.raises(FloatingPointError, match=r"epoch 1\b.*learning rate"):
+        train(model, (data[0], data[1] if with_test_images else None), num_epochs=2,
+              optimizer=optimizer, callback=lambda *args: saved.append(args))
+    assert saved == []  # a diverged model is never handed on to be saved

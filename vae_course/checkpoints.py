@@ -12,6 +12,7 @@ import pickle
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from .models import VAE, build_vae
@@ -26,19 +27,101 @@ class CheckpointError(RuntimeError):
     """A checkpoint that cannot be used: missing, damaged, unsafe or mismatched."""
 
 
+# What torch.load(weights_only=True) reads back, besides tensors and containers;
+# bool before int, since a bool is an int.
+_PLAIN = (str, bool, int, float, type(None))
+# Each entry of a checkpoint and what it must be.
+_ENTRIES = {"config": dict, "state_dict": dict, "optimizer": (dict, type(None)),
+            "history": list, "extra": dict}
+
+
+def _plain(value, where: str):
+    """``value`` in the types a safe load accepts; numpy scalars become numbers.
+
+    Paths become strings and numpy arrays tensors; anything else that a safe load
+    would refuse is refused now, naming where it sits, so that no checkpoint is
+    written that :func:`load_checkpoint` cannot read.
+    """
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu()
+    if isinstance(value, np.generic):  # before float: np.float64 is a float too
+        return value.item()
+    if type(value) in _PLAIN:
+        return value
+    for kind in _PLAIN[:-1]:  # subclasses (enums, np.float64) as the plain type
+        if isinstance(value, kind):
+            return kind(value)
+    if isinstance(value, np.ndarray):
+        return torch.from_numpy(value.copy())
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if isinstance(value, list | tuple):
+        items = [_plain(item, f"{where}[{index}]") for index, item in enumerate(value)]
+        return items if isinstance(value, list) else tuple(items)
+    if isinstance(value, dict):
+        for key in value:
+            if isinstance(key, bool) or not isinstance(key, str | int):
+                raise TypeError(f"{where} has the key {key!r}; checkpoint keys must "
+                                "be strings or integers")
+        return {key: _plain(item, f"{where}[{key!r}]") for key, item in value.items()}
+    raise TypeError(f"{where} is a {type(value).__name__}, which a checkpoint cannot "
+                    "hold; store tensors, numbers, strings, lists and dicts")
+
+
+def _history_problem(rows) -> str | None:
+    """What is wrong with a history's rows, or None: rows of numbers, epochs 1..n."""
+    if not isinstance(rows, list):
+        return f"it must be a list of rows, not a {type(rows).__name__}"
+    for number, row in enumerate(rows, start=1):
+        if not isinstance(row, dict):
+            return f"row {number} is a {type(row).__name__}, not a dict"
+        for key, value in row.items():
+            if not isinstance(key, str):
+                return f"row {number} has the key {key!r}, not a string"
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                return f"row {number} holds {key}={value!r}, not a number"
+        if row.get("epoch") != number:
+            return f"row {number} must be epoch {number}, not {row.get('epoch')!r}"
+    return None
+
+
+def _non_finite(state_dict: dict) -> str | None:
+    """The first floating-point tensor holding NaN or infinity, by name."""
+    for name, tensor in state_dict.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            kind = "NaN" if bool(torch.isnan(tensor).any()) else "infinite"
+            return f"{name} holds {kind} weights"
+    return None
+
+
 def save_checkpoint(path, model: VAE, optimizer: torch.optim.Optimizer | None = None,
                     history: History | None = None, **extra) -> Path:
-    """Write atomically: a temporary file in the same folder, then a rename."""
+    """Write atomically: a temporary file in the same folder, then a rename.
+
+    ``extra`` (and the history) may hold tensors, numbers, strings, lists, tuples
+    and dicts; numpy scalars are stored as Python numbers and paths as strings.
+    Anything else is refused with a ``TypeError`` before a file is written.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if history is not None and not isinstance(history, History):
+        raise TypeError(f"history must be a History; got {type(history).__name__}")
+    rows = _plain(list(history.rows) if history is not None else [], "history")
+    problem = _history_problem(rows)
+    if problem:
+        raise ValueError(f"history cannot be saved: {problem}")
+    state_dict = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    problem = _non_finite(state_dict)
+    if problem:
+        raise ValueError(f"the model cannot be saved: {problem}")
     payload = {
         "format": FORMAT,
-        "config": dict(model.config),
-        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "config": _plain(dict(model.config), "config"),
+        "state_dict": state_dict,
         "optimizer": optimizer.state_dict() if optimizer is not None else None,
-        "history": list(history.rows) if history is not None else [],
-        "extra": extra,
+        "history": rows,
+        "extra": _plain(extra, "extra"),
     }
+    path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=path.name,
                                          suffix=".tmp")
     try:
@@ -56,6 +139,7 @@ def save_checkpoint(path, model: VAE, optimizer: torch.optim.Optimizer | None = 
 
 
 def _read(path: Path) -> dict:
+    """The payload at ``path``, with every entry checked before anything is built."""
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {path}")
     try:
@@ -71,24 +155,63 @@ def _read(path: Path) -> dict:
         ) from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a vae-course checkpoint ({FORMAT})")
+    for entry, kind in _ENTRIES.items():
+        if entry not in payload:
+            raise CheckpointError(f"{path} lacks its {entry!r} entry (damaged, or "
+                                  "not written by save_checkpoint)")
+        if not isinstance(payload[entry], kind):
+            raise CheckpointError(f"{path} has a malformed {entry!r} entry "
+                                  f"(a {type(payload[entry]).__name__})")
+    for name, tensor in payload["state_dict"].items():
+        if not isinstance(tensor, torch.Tensor):
+            raise CheckpointError(f"{path} has a malformed state_dict: {name!r} is "
+                                  f"a {type(tensor).__name__}, not a tensor")
+    problem = _non_finite(payload["state_dict"])
+    if problem:
+        raise CheckpointError(f"{path} is not usable: {problem} (saved from a "
+                              "model whose training diverged?)")
+    problem = _history_problem(payload["history"])
+    if problem:
+        raise CheckpointError(f"{path} has a malformed history: {problem}")
     return payload
+
+
+def _shape_problem(expected: dict, found: dict) -> str | None:
+    """How the saved tensors differ from the ones a model needs, or None."""
+    missing = [name for name in expected if name not in found]
+    unexpected = [name for name in found if name not in expected]
+    if missing or unexpected:
+        return (f"the file lacks {missing} and has {unexpected} beyond what the "
+                "config needs")
+    for name, tensor in expected.items():
+        if tuple(found[name].shape) != tuple(tensor.shape):
+            return (f"{name} has shape {tuple(found[name].shape)} in the file, but "
+                    f"the config needs {tuple(tensor.shape)}")
+    return None
 
 
 def load_checkpoint(path, device=None):
     """Rebuild the model saved at ``path``; returns ``(model, payload)``.
 
     ``payload["history"]`` is the saved :class:`History`; to resume training, build
-    an optimizer for the model and call :func:`restore_optimizer`.
+    an optimizer for the model and call :func:`restore_optimizer`. The config is
+    checked against the saved weights on the meta device, which allocates
+    nothing, so a damaged config cannot ask for gigabytes.
     """
     path = Path(path)
     payload = _read(path)
     try:
-        model = build_vae(**payload["config"])
-        model.load_state_dict(payload["state_dict"])
-    except (TypeError, KeyError, ValueError, RuntimeError) as error:
+        with torch.device("meta"):
+            skeleton = build_vae(**payload["config"])
+    except (TypeError, ValueError) as error:
         raise CheckpointError(
-            f"{path} does not match the architecture it describes: {error}"
-        ) from None
+            f"{path} describes a model that cannot be built: {error}") from None
+    problem = _shape_problem(skeleton.state_dict(), payload["state_dict"])
+    if problem:
+        raise CheckpointError(
+            f"{path} does not match the architecture it describes: {problem}")
+    model = build_vae(**payload["config"])
+    model.load_state_dict(payload["state_dict"])
     model.to(device or "cpu").eval()
     payload["history"] = History(list(payload["history"]))
     return model, payload
@@ -98,7 +221,12 @@ def restore_optimizer(optimizer: torch.optim.Optimizer, payload: dict):
     """Give ``optimizer`` the state saved in a checkpoint's payload."""
     if payload.get("optimizer") is None:
         raise CheckpointError("this checkpoint was saved without an optimizer state")
-    optimizer.load_state_dict(payload["optimizer"])
+    try:
+        optimizer.load_state_dict(payload["optimizer"])
+    except (ValueError, KeyError, TypeError, IndexError, RuntimeError) as error:
+        raise CheckpointError(
+            f"the optimizer state in this checkpoint does not fit the model: {error}"
+        ) from None
     return optimizer
 
 
@@ -110,6 +238,9 @@ def load_weights_into(model: VAE, path) -> VAE:
         raise CheckpointError(
             f"{path} was saved from {payload['config']}, not {model.config}"
         )
+    problem = _shape_problem(model.state_dict(), payload["state_dict"])
+    if problem:
+        raise CheckpointError(f"{path} does not match its config: {problem}")
     model.load_state_dict(payload["state_dict"])
     return model
 

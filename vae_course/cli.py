@@ -10,7 +10,9 @@ import argparse
 import csv
 import json
 import math
+import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -28,13 +30,26 @@ from .distributions import LIKELIHOODS
 from .evaluate import evaluate_elbo, importance_weighted_log_likelihood
 from .models import ARCHITECTURES, build_vae
 from .runtime import default_device, seed_everything
-from .train import fit
+from .train import check_number, fit
 
 CHECKPOINT = "checkpoint.pt"
+# What a training run is made of: saved in its checkpoint, and on --resume taken
+# from there (the model's config holds the first four, the settings the rest).
+MODEL_SETTINGS = ("architecture", "latent_dim", "hidden_sizes", "likelihood")
+RUN_SETTINGS = ("dataset", "batch_size", "lr", "beta", "warmup_epochs", "seed")
+TRAIN_DEFAULTS = {"epochs": 16, "batch_size": 100, "latent_dim": 32,
+                  "hidden_sizes": [100, 100], "architecture": "mlp",
+                  "likelihood": "bernoulli", "lr": 1e-3, "beta": 1.0,
+                  "warmup_epochs": 0.0, "dataset": "mnist", "seed": 0}
+SEED_LIMIT = 2**32  # numpy's seeds lie below it
 
 
 class UsageError(Exception):
     """Flags that cannot be honoured together; reported like any bad flag."""
+
+
+class ResourceError(Exception):
+    """The machine cannot hold what was asked for (memory)."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -52,10 +67,14 @@ def _number(kind, allow_zero: bool = False):
         except ValueError:
             message = f"{text!r} is not {'an integer' if kind is int else 'a number'}"
             raise argparse.ArgumentTypeError(message) from None
-        if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero) \
-                or (kind is int and value >= 2**32):
-            bound = "zero or more" if allow_zero else "positive"
-            bound += " and below 2**32" if kind is int else ""
+        bound = "zero or more" if allow_zero else "positive"
+        bound += " and below 2**32" if kind is int else ""
+        try:
+            value = check_number(text, value, integer=kind is int,
+                                 allow_zero=allow_zero)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} must be {bound}") from None
+        if kind is int and value >= SEED_LIMIT:
             raise argparse.ArgumentTypeError(f"{text!r} must be {bound}")
         return value
     parse.__name__ = f"{'non-negative' if allow_zero else 'positive'} {kind.__name__}"
@@ -70,8 +89,20 @@ def _device(text):
     except RuntimeError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a device (auto, cpu, cuda)") \
             from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise argparse.ArgumentTypeError("CUDA was asked for but no GPU is available")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise argparse.ArgumentTypeError(
+                "CUDA was asked for but no GPU is available")
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count:
+            raise argparse.ArgumentTypeError(
+                f"{text!r}: this machine has {count} GPU(s), numbered from 0")
+    elif device.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise argparse.ArgumentTypeError("MPS was asked for but is not available")
+    elif device.type != "cpu":
+        raise argparse.ArgumentTypeError(
+            f"{text!r} cannot train or evaluate a model; choose auto, cpu or cuda")
     return device
 
 
@@ -83,37 +114,39 @@ def build_parser() -> argparse.ArgumentParser:
                                      parser_class=_Parser)
     train = commands.add_parser("train", help="train a model, writing pictures, "
                                 "metrics and a checkpoint each epoch")
-    train.add_argument("--epochs", type=_number(int), default=16,
+    train.add_argument("--epochs", type=_number(int), default=None,
                        help="number of passes over the training set (default: 16)")
-    train.add_argument("--batch-size", type=_number(int), default=100,
+    train.add_argument("--batch-size", type=_number(int), default=None,
                        help="images per step (default: 100)")
-    train.add_argument("--latent-dim", type=_number(int), default=32,
+    train.add_argument("--latent-dim", type=_number(int), default=None,
                        help="size of the latent code z (default: 32)")
     train.add_argument("--hidden-sizes", type=_number(int), nargs="+",
-                       default=[100, 100], metavar="N",
+                       default=None, metavar="N",
                        help="hidden layer widths of the MLP encoder; the decoder "
                             "mirrors them (default: 100 100)")
-    train.add_argument("--architecture", choices=ARCHITECTURES, default="mlp",
+    train.add_argument("--architecture", choices=ARCHITECTURES, default=None,
                        help="multilayer perceptron or convolutional (default: mlp)")
-    train.add_argument("--likelihood", choices=LIKELIHOODS, default="bernoulli",
+    train.add_argument("--likelihood", choices=LIKELIHOODS, default=None,
                        help="pixel model; bernoulli binarizes the images afresh "
                             "every batch (default: bernoulli)")
-    train.add_argument("--lr", type=_number(float), default=1e-3,
+    train.add_argument("--lr", type=_number(float), default=None,
                        help="Adam learning rate (default: 0.001)")
-    train.add_argument("--beta", type=_number(float, allow_zero=True), default=1.0,
+    train.add_argument("--beta", type=_number(float, allow_zero=True), default=None,
                        help="weight of the KL term, 1 for the true ELBO (default: 1)")
     train.add_argument("--warmup-epochs", type=_number(float, allow_zero=True),
-                       default=0,
-                       help="epochs over which the KL weight rises from 0 to beta")
-    _add_common(train)
-    train.add_argument("--dataset", choices=tuple(DATASETS), default="mnist",
+                       default=None,
+                       help="epochs over which the KL weight rises from 0 to beta "
+                            "(default: 0)")
+    _add_common(train, seed_default=None)
+    train.add_argument("--dataset", choices=tuple(DATASETS), default=None,
                        help="which images to learn (default: mnist)")
     train.add_argument("--output", type=Path, default=Path("runs/default"),
                        help="folder for pictures, metrics and the checkpoint "
                             "(default: runs/default)")
     action = train.add_mutually_exclusive_group()
     action.add_argument("--resume", action="store_true",
-                        help="continue the run saved in --output")
+                        help="continue the run saved in --output, with the "
+                             "dataset and settings saved there, up to --epochs")
     action.add_argument("--overwrite", action="store_true",
                         help="replace a run already saved in --output")
     train.add_argument("--eval-k", type=_number(int, allow_zero=True), default=0,
@@ -135,11 +168,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _add_common(parser):
-    parser.add_argument("--seed", type=_number(int, allow_zero=True), default=0,
+def _add_common(parser, seed_default=0):
+    parser.add_argument("--seed", type=_number(int, allow_zero=True),
+                        default=seed_default,
                         help="random seed, 0 to 2**32 - 1 (default: 0)")
     parser.add_argument("--device", type=_device, default="auto",
-                        help="auto, cpu or cuda (default: auto)")
+                        help="auto, cpu, cuda or cuda:N (default: auto)")
     parser.add_argument("--data-root", type=Path, default=None,
                         help="torchvision data folder (default: $VAE_COURSE_DATA, "
                              "else data/ in the repository)")
@@ -162,45 +196,173 @@ def _save_pictures(folder: Path, model, test_images, epoch: int, seed: int) -> N
     save_image(samples.reshape(-1, 1, 28, 28).cpu(), folder / f"sample_{epoch:03d}.png")
 
 
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _shown(value) -> str:
+    return " ".join(map(str, value)) if isinstance(value, list) else str(value)
+
+
+def _check_output_folder(folder: Path) -> None:
+    """Refuse an --output that cannot become a folder we can write in, before any
+    data is read or any epoch is trained; nothing is created."""
+    probe = folder
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise UsageError(f"--output {folder}: {probe} is a file, not a folder")
+    try:
+        with tempfile.TemporaryFile(dir=probe):
+            pass
+    except OSError as error:
+        raise UsageError(f"--output {folder}: cannot write in {probe} "
+                         f"({error.strerror or error})") from None
+
+
+def _check_output_file(path: Path, flag: str) -> None:
+    """Refuse a file that cannot be written, before the work that fills it."""
+    if path.is_dir():
+        raise UsageError(f"{flag} {path} is a folder; give a file name")
+    if not path.parent.is_dir():
+        raise UsageError(f"{flag} {path}: the folder {path.parent} does not exist")
+    existed = path.exists()
+    try:
+        with open(path, "a"):
+            pass
+    except OSError as error:
+        raise UsageError(f"{flag} {path} cannot be written "
+                         f"({error.strerror or error})") from None
+    if not existed:
+        path.unlink()
+
+
+def _saved_settings(path: Path, payload: dict) -> dict:
+    """The training settings a checkpoint was saved with, each checked."""
+    settings = payload["extra"].get("settings")
+    if not isinstance(settings, dict):
+        raise CheckpointError(f"{path} holds no training settings (it was not "
+                              "written by `python -m vae_course train`), so it "
+                              "cannot be resumed")
+    missing = [name for name in RUN_SETTINGS if name not in settings]
+    if missing:
+        raise CheckpointError(f"{path} lacks the training settings {missing}, so "
+                              "it cannot be resumed")
+    if settings["dataset"] not in DATASETS:
+        raise CheckpointError(f"{path} names an unknown dataset "
+                              f"{settings['dataset']!r}")
+    checked = {"dataset": settings["dataset"]}
+    try:
+        for name, integer, allow_zero in [("batch_size", True, False),
+                                          ("lr", False, False),
+                                          ("beta", False, True),
+                                          ("warmup_epochs", False, True),
+                                          ("seed", True, True)]:
+            checked[name] = check_number(f"its setting {name}", settings[name],
+                                         integer=integer, allow_zero=allow_zero)
+    except (TypeError, ValueError) as error:
+        raise CheckpointError(f"{path} cannot be resumed: {error}") from None
+    if checked["seed"] >= SEED_LIMIT:
+        raise CheckpointError(f"{path} cannot be resumed: its seed is not below 2**32")
+    return checked
+
+
+def _refuse_conflicts(explicit: dict, saved: dict) -> None:
+    """An explicit flag on --resume must agree with the saved run."""
+    for name, value in explicit.items():
+        if name in saved and value != saved[name]:
+            raise UsageError(
+                f"{_flag(name)} {_shown(value)} conflicts with the saved run's "
+                f"{_shown(saved[name])}: --resume continues with the saved settings "
+                "(leave the flag out, or start a new run with --overwrite or "
+                "another --output)")
+
+
+def _memory_bytes(device: torch.device) -> int | None:
+    """The memory of ``device`` in bytes, where it can be known."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[1]
+    if device.type == "cpu":
+        try:
+            return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        except (AttributeError, ValueError, OSError):
+            return None
+    return None
+
+
+def _build_model(config: dict, device: torch.device):
+    """The model of ``config`` on ``device``, refused first if it cannot fit."""
+    with torch.device("meta"):  # shapes only: allocates nothing
+        skeleton = build_vae(**config)
+    needed = sum(p.numel() * p.element_size() for p in skeleton.parameters())
+    available = _memory_bytes(device)
+    # Training holds the weights, their gradients and Adam's two moments.
+    if available is not None and 4 * needed > available:
+        raise ResourceError(
+            f"the model needs {needed / 1e9:.3g} GB for its weights and about four "
+            f"times that to train, but the {device.type} memory is "
+            f"{available / 1e9:.3g} GB; choose smaller --hidden-sizes or --latent-dim")
+    return build_vae(**config).to(device)
+
+
 def run_train(args) -> int:
+    explicit = {name: getattr(args, name) for name in TRAIN_DEFAULTS
+                if getattr(args, name) is not None and name != "epochs"}
+    num_epochs = args.epochs if args.epochs is not None else TRAIN_DEFAULTS["epochs"]
     folder, checkpoint = args.output, args.output / CHECKPOINT
     if checkpoint.exists() and not (args.resume or args.overwrite):
         raise UsageError(f"{checkpoint} already exists; pass --resume to continue "
                          "it, --overwrite to replace it, or choose another --output")
     if args.resume and not checkpoint.exists():
         raise UsageError(f"--resume given but there is no {checkpoint}")
-    train_images, _ = load_mnist("train", args.dataset, args.data_root)
-    test_images, _ = load_mnist("test", args.dataset, args.data_root)
-    seed_everything(args.seed)
+    _check_output_folder(folder)
     if args.resume:
         model, payload = load_checkpoint(checkpoint, args.device)
-        history, settings = payload["history"], payload["extra"]["settings"]
+        settings = _saved_settings(checkpoint, payload)
+        _refuse_conflicts(explicit, {**settings, **model.config})
+        history = payload["history"]
+        if num_epochs <= len(history):
+            raise UsageError(f"the saved run already has {len(history)} epochs; pass "
+                             f"--epochs above {len(history)} to train more")
+        seed_everything(settings["seed"])
         optimizer = torch.optim.Adam(model.parameters(), lr=settings["lr"])
         restore_optimizer(optimizer, payload)
     else:
-        model = build_vae(args.architecture, args.latent_dim, args.hidden_sizes,
-                          args.likelihood).to(args.device)
+        chosen = {**TRAIN_DEFAULTS, **explicit}
+        settings = {name: chosen[name] for name in RUN_SETTINGS}
+        seed_everything(settings["seed"])
+        model = _build_model({name: chosen[name] for name in MODEL_SETTINGS},
+                             args.device)
         history, optimizer = None, None
-        settings = {key: value for key, value in vars(args).items()
-                    if key in {"batch_size", "lr", "beta", "warmup_epochs", "dataset",
-                               "seed"}}
-    folder.mkdir(parents=True, exist_ok=True)
+    done = len(history) if history is not None else 0
+    train_images, _ = load_mnist("train", settings["dataset"], args.data_root)
+    test_images, _ = load_mnist("test", settings["dataset"], args.data_root)
 
     def after_epoch(model, optimizer, history):
         epoch = len(history)
+        # Creates the folder on the first epoch: a run that fails sooner leaves none.
         save_checkpoint(checkpoint, model, optimizer, history, settings=settings)
         _write_metrics(folder, history)
         _save_pictures(folder, model, test_images, epoch, settings["seed"])
 
     started = time.perf_counter()
-    history = fit(model, train_images, test_images, num_epochs=args.epochs,
-                  batch_size=settings["batch_size"], learning_rate=settings["lr"],
-                  seed=settings["seed"], beta=settings["beta"],
-                  warmup_epochs=settings["warmup_epochs"], progress=not args.no_progress,
-                  callback=after_epoch, optimizer=optimizer, history=history)
+    try:
+        history = fit(model, train_images, test_images, num_epochs=num_epochs,
+                      batch_size=settings["batch_size"], learning_rate=settings["lr"],
+                      seed=settings["seed"], beta=settings["beta"],
+                      warmup_epochs=settings["warmup_epochs"],
+                      progress=not args.no_progress, callback=after_epoch,
+                      optimizer=optimizer, history=history)
+    except FloatingPointError as error:
+        message = str(error)
+        if not message.startswith("training diverged"):
+            message = f"training diverged: {message}"
+        if checkpoint.exists():
+            message += f"; {checkpoint} keeps the last good epoch"
+        raise FloatingPointError(message) from None
     last = history.rows[-1]
-    print(f"trained {args.epochs} epochs in {time.perf_counter() - started:.1f} s; "
-          f"files in {folder}")
+    print(f"trained {num_epochs - done} epochs in {time.perf_counter() - started:.1f} "
+          f"s; files in {folder}")
     if args.eval_k:
         _print_log_likelihood(model, test_images, args.eval_k, settings["seed"],
                               not args.no_progress)
@@ -223,8 +385,15 @@ def _print_log_likelihood(model, images, k, seed, progress) -> dict[str, float]:
 
 
 def run_evaluate(args) -> int:
+    if args.json is not None:
+        _check_output_file(args.json, "--json")
     model, payload = load_checkpoint(args.checkpoint, args.device)
-    dataset = payload["extra"].get("settings", {}).get("dataset", "mnist")
+    settings = payload["extra"].get("settings")
+    dataset = settings.get("dataset", "mnist") if isinstance(settings, dict) \
+        else "mnist"
+    if dataset not in DATASETS:
+        raise CheckpointError(f"{args.checkpoint} names an unknown dataset "
+                              f"{dataset!r}")
     images, _ = load_mnist("test", dataset, args.data_root)
     if args.limit is not None:
         images = images[:args.limit]
@@ -242,7 +411,18 @@ def run_evaluate(args) -> int:
     return 0
 
 
+def _out_of_memory(error: BaseException) -> bool:
+    """Whether ``error`` is an allocator refusing memory (CPU or GPU)."""
+    if isinstance(error, MemoryError | torch.OutOfMemoryError):
+        return True
+    text = str(error).lower()
+    return isinstance(error, RuntimeError) and any(
+        phrase in text for phrase in ("not enough memory", "can't allocate memory",
+                                      "out of memory"))
+
+
 def main(argv=None) -> int:
+    """Run one command; every expected failure ends in one line on stderr."""
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
@@ -250,9 +430,23 @@ def main(argv=None) -> int:
     except UsageError as error:
         print(f"{parser.prog} {args.command}: error: {error}", file=sys.stderr)
         return 2
-    except (DataNotFoundError, DataCorruptError, CheckpointError) as error:
+    except (DataNotFoundError, DataCorruptError, CheckpointError, FloatingPointError,
+            ResourceError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
+    except OSError as error:  # a disk that filled up, a folder that vanished
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    except (MemoryError, RuntimeError) as error:
+        if not _out_of_memory(error):
+            raise
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        print(f"error: out of memory ({first_line}); try a smaller --batch-size or "
+              "a smaller model", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"{parser.prog} {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":  # pragma: no cover

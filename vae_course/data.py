@@ -12,8 +12,10 @@ Where the files live (the first that applies):
 3. ``data/`` at the root of the repository.
 
 Each is a torchvision root: MNIST sits in ``<root>/MNIST/raw/`` and Fashion-MNIST
-in ``<root>/FashionMNIST/raw/``. Files that are absent are downloaded there; files
-that are present are never downloaded again.
+in ``<root>/FashionMNIST/raw/``. Only those four raw files are read (an old
+torchvision ``processed/`` cache beside them is ignored). Files that are absent are
+downloaded there; files that are present are never downloaded again, and a download
+that fails leaves no folders behind.
 """
 
 from __future__ import annotations
@@ -22,12 +24,15 @@ import contextlib
 import functools
 import io
 import os
+import shutil
+import tempfile
 from pathlib import Path
 from urllib.error import URLError
 
 import torch
 import torchvision
 from torchvision.datasets.mnist import read_image_file, read_label_file
+from torchvision.datasets.utils import download_and_extract_archive
 
 __all__ = [
     "DATASETS",
@@ -38,6 +43,7 @@ __all__ = [
     "DataCorruptError",
     "DataNotFoundError",
     "binarize",
+    "check_pixel_values",
     "data_root",
     "load_mnist",
 ]
@@ -135,31 +141,83 @@ class _DownloadFailed(Exception):
 def _load_cached(dataset: str, split: str,
                  root: str) -> tuple[torch.Tensor, torch.Tensor]:
     """Read and check one split; cached on (dataset, split, resolved root)."""
-    dataset_class = getattr(torchvision.datasets, DATASETS[dataset])
     raw_folder = Path(root) / DATASETS[dataset] / "raw"
+    for name in FILE_NAMES:
+        path = raw_folder / name
+        if path.exists() and not path.is_file():
+            raise DataCorruptError(
+                f"{path} is a folder or other non-file where the data file should "
+                "be. Remove it and rerun: the file is then downloaded again.")
     if not all((raw_folder / name).is_file() for name in FILE_NAMES):
-        _download(dataset_class, DATASETS[dataset], root)
-    try:
-        data = dataset_class(root, train=(split == "train"), download=False)
-    except _PARSE_ERRORS:
-        raise DataCorruptError(_corrupt_message(_damaged_file(raw_folder, split),
-                                                "it cannot be parsed")) from None
-    images, labels = data.data, data.targets
+        _download(getattr(torchvision.datasets, DATASETS[dataset]), raw_folder)
+    # The raw files are read directly: torchvision would prefer a stale
+    # processed/ cache from an old version over them, without a word.
+    prefix = "train" if split == "train" else "t10k"
+    images = _read(raw_folder / f"{prefix}-images-idx3-ubyte", read_image_file)
+    labels = _read(raw_folder / f"{prefix}-labels-idx1-ubyte", read_label_file)
     _validate(images, labels, raw_folder, split)
     images = images.reshape(len(images), IMAGE_SIDE * IMAGE_SIDE).float().div_(255.0)
     return images, labels.long()
 
 
-def _download(dataset_class, folder: str, root: str) -> None:
-    """Fetch the raw files with torchvision, quietly; raise _DownloadFailed if not."""
-    print(f"{folder} not found in {root}: downloading it there ...")
-    chatter = io.StringIO()  # torchvision's progress bars and messages
+def _read(path: Path, reader) -> torch.Tensor:
+    """One idx file through torchvision's parser, with errors that name the file."""
     try:
-        with contextlib.redirect_stdout(chatter), contextlib.redirect_stderr(chatter):
-            dataset_class(root, train=True, download=True)
-    except (RuntimeError, URLError, OSError) as error:
-        lines = str(error).strip().splitlines()
-        raise _DownloadFailed(lines[-1] if lines else type(error).__name__) from None
+        return reader(str(path))
+    except OSError as error:
+        reason = error.strerror or type(error).__name__
+        raise DataCorruptError(
+            f"{path} cannot be read ({reason}). Check its permissions, or delete it "
+            "and rerun to download it again.") from None
+    except _PARSE_ERRORS:
+        raise DataCorruptError(_corrupt_message(path, "it cannot be parsed")) from None
+
+
+def _download(dataset_class, raw_folder: Path) -> None:
+    """Fetch the missing raw files; raise _DownloadFailed, leaving no folders, if not.
+
+    Files are fetched into a temporary folder and moved into ``raw_folder`` only
+    when every one of them has arrived and passed its checksum.
+    """
+    folder, root = raw_folder.parent, raw_folder.parent.parent
+    print(f"{folder.name} not found in {root}: downloading it there ...")
+    created = [path for path in (root, folder) if not path.exists()]
+    staging = None
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".download-", dir=folder))
+        for filename, md5 in dataset_class.resources:
+            _download_one(dataset_class.mirrors, filename, md5, staging)
+        raw_folder.mkdir(exist_ok=True)
+        for name in FILE_NAMES:
+            if not (raw_folder / name).is_file():
+                os.replace(staging / name, raw_folder / name)
+    except OSError as error:
+        raise _DownloadFailed(str(error)) from None
+    finally:
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
+        if not raw_folder.is_dir():
+            for path in reversed(created):  # the deepest first; only if still empty
+                with contextlib.suppress(OSError):
+                    path.rmdir()
+
+
+def _download_one(mirrors, filename: str, md5: str, staging: Path) -> None:
+    """Try each mirror in turn, quietly; _DownloadFailed with the last reason."""
+    reason = "no mirror to download from"
+    chatter = io.StringIO()  # torchvision's progress bars and messages
+    for mirror in mirrors:
+        try:
+            with contextlib.redirect_stdout(chatter), \
+                    contextlib.redirect_stderr(chatter):
+                download_and_extract_archive(f"{mirror}{filename}", str(staging),
+                                             filename=filename, md5=md5)
+            return
+        except (RuntimeError, URLError, OSError) as error:
+            lines = str(error).strip().splitlines()
+            reason = lines[-1] if lines else type(error).__name__
+    raise _DownloadFailed(reason)
 
 
 def _not_found_message(folder: str, root: Path, origin: str, reason: str) -> str:
@@ -172,18 +230,6 @@ def _not_found_message(folder: str, root: Path, origin: str, reason: str) -> str
         f"Fix: set {ENV_VAR} to a folder holding {folder}/raw/ with those files "
         f"(a torchvision root), or connect to the internet and rerun."
     )
-
-
-def _damaged_file(raw_folder: Path, split: str) -> Path:
-    """The first file of the split that torchvision's parser rejects."""
-    prefix = "train" if split == "train" else "t10k"
-    for name, reader in ((f"{prefix}-images-idx3-ubyte", read_image_file),
-                         (f"{prefix}-labels-idx1-ubyte", read_label_file)):
-        try:
-            reader(str(raw_folder / name))
-        except _PARSE_ERRORS:
-            return raw_folder / name
-    return raw_folder / f"{prefix}-images-idx3-ubyte"
 
 
 def _corrupt_message(path: Path, problem: str) -> str:
@@ -220,9 +266,28 @@ def binarize(images: torch.Tensor,
     MNIST" means in the papers; the result is a float tensor of 0.0 and 1.0 that a
     Bernoulli likelihood accepts.
     """
-    if not torch.is_floating_point(images):
-        raise TypeError(f"binarize expects a float tensor in [0, 1], got {images.dtype}")
-    if images.numel() and (images.min() < 0 or images.max() > 1):
-        raise ValueError("binarize expects grey levels in [0, 1], found values in "
-                         f"[{float(images.min()):.4g}, {float(images.max()):.4g}]")
+    check_pixel_values(images, "the images given to binarize")
     return torch.bernoulli(images, generator=generator)
+
+
+def check_pixel_values(x: torch.Tensor, name: str = "pixels") -> None:
+    """Refuse anything but a floating-point tensor of values in [0, 1].
+
+    The one check of pixel values that every entry point shares. NaN is named on
+    its own: it compares False with every bound, so a range test alone lets it in.
+    """
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor; got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(f"{name} must be floating point in [0, 1]; got {x.dtype}")
+    if not x.numel():
+        return
+    low, high = torch.aminmax(x)  # NaN propagates into both
+    if bool((low >= 0) & (high <= 1)):  # one pass, one sync in the usual case
+        return
+    nan = torch.isnan(x)
+    if bool(nan.any()):
+        raise ValueError(f"{name} must hold pixels in [0, 1], but {int(nan.sum())} "
+                         f"of {x.numel()} values are NaN")
+    raise ValueError(f"{name} must hold pixels in [0, 1]; found values in "
+                     f"[{float(low):.4g}, {float(high):.4g}]")

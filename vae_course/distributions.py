@@ -9,6 +9,8 @@ from __future__ import annotations
 import torch
 from torch.distributions import Bernoulli, ContinuousBernoulli, Independent, Normal
 
+from .data import check_pixel_values
+
 LIKELIHOODS = ("bernoulli", "continuous_bernoulli")
 
 
@@ -38,13 +40,14 @@ def posterior_from_encoder(encoder_output: torch.Tensor) -> Independent:
 
 
 def check_pixels(x: torch.Tensor, kind: str = "bernoulli") -> None:
-    """Refuse pixels the likelihood cannot score, with a message that says why."""
+    """Refuse pixels the likelihood cannot score, with a message that says why.
+
+    NaN, values outside [0, 1] and non-float tensors are refused for either
+    likelihood; grey levels only for the Bernoulli.
+    """
     if kind not in LIKELIHOODS:
         raise ValueError(f"unknown likelihood {kind!r}; choose one of {LIKELIHOODS}")
-    if x.numel() and (x.min() < 0 or x.max() > 1):
-        raise ValueError(
-            f"pixels must lie in [0, 1]; got values in [{x.min():.3g}, {x.max():.3g}]"
-        )
+    check_pixel_values(x, "pixels")
     if kind == "bernoulli" and bool(((x != 0) & (x != 1)).any()):
         raise GreyPixelsError(
             "a Bernoulli likelihood scores only pixels that are exactly 0 or 1, "

@@ -19,11 +19,12 @@ import torch
 
 from .distributions import check_pixels
 from .elbo import mean_terms
-from .train import check_images, fixed_test_images, wants_binarization
+from .train import check_images, check_number, fixed_test_images, wants_binarization
 
 
 def _prepared(model, images, binarize, seed):
-    check_images(images)
+    seed = check_number("seed", seed, integer=True, allow_zero=True)
+    check_images(images, dtype=next(model.parameters()).dtype)
     return fixed_test_images(images, wants_binarization(model, binarize), seed)
 
 
@@ -35,6 +36,7 @@ def evaluate_elbo(model, images: torch.Tensor, binarize: bool | None = None,
     Binarizes (by default, for a Bernoulli likelihood) with the same seeded draw
     as :func:`vae_course.train.fit` uses for its test numbers.
     """
+    batch_size = check_number("batch_size", batch_size, integer=True)
     images = _prepared(model, images, binarize, seed)
     model.eval()
     with torch.random.fork_rng(devices=[model.device] if model.device.type == "cuda"

@@ -1,13 +1,14 @@
 """A fast training loop: the whole data set lives in one tensor on the model's device.
 
-Seed 000 fed the model through a DataLoader that turned every image into a tensor
-one by one; most of each epoch went there. Here an epoch is a ``randperm`` and a
-slice per step, and the only per-step work is the model's own.
+The Deep Bayes tutorial fed its model through a DataLoader that turned every image
+into a tensor one by one; most of each epoch went there. Here an epoch is a
+``randperm`` and a slice per step, and the only per-step work is the model's own.
 """
 
 from __future__ import annotations
 
 import math
+import numbers
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -16,6 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .data import binarize as binarize_images
+from .data import check_pixel_values
 from .distributions import GreyPixelsError
 from .elbo import mean_terms, negative_elbo
 from .models import IMAGE_SIZE
@@ -36,17 +38,46 @@ class History:
         return len(self.rows)
 
 
-def check_images(images: torch.Tensor, name: str = "images") -> None:
-    """Refuse anything but a (N, 784) float tensor of pixels in [0, 1]."""
+def check_images(images: torch.Tensor, name: str = "images",
+                 dtype: torch.dtype = torch.float32) -> None:
+    """Refuse anything but a (N, 784) tensor of ``dtype`` with pixels in [0, 1].
+
+    ``dtype`` is that of the model's weights (float32 unless the model was
+    converted): ``torch.from_numpy`` gives float64, which ``nn.Linear`` refuses.
+    """
     if not isinstance(images, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor; got {type(images).__name__}")
     if images.dim() != 2 or images.shape[1] != IMAGE_SIZE or len(images) == 0:
         raise ValueError(f"{name} must have shape (N, {IMAGE_SIZE}) with N > 0; "
                          f"got {tuple(images.shape)}")
-    if not images.is_floating_point():
-        raise ValueError(f"{name} must be floating point; got {images.dtype}")
-    if images.min() < 0 or images.max() > 1:
-        raise ValueError(f"{name} must hold pixels in [0, 1]")
+    if images.dtype != dtype:
+        hint = f" (convert them with .to({dtype}))" if images.is_floating_point() else ""
+        raise ValueError(f"{name} must be floating point of the model's type, "
+                         f"{_short(dtype)}; got {_short(images.dtype)}{hint}")
+    check_pixel_values(images, name)
+
+
+def _short(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def check_number(name: str, value, *, integer: bool = False,
+                 allow_zero: bool = False):
+    """``value`` as a plain int or float if it is a finite number above zero.
+
+    ``allow_zero`` also accepts zero. Booleans are refused although Python counts
+    them as integers, and so are NaN and infinity, which compare False with every
+    bound. Returns the value as ``int`` (``integer=True``) or ``float``.
+    """
+    kind = "an integer" if integer else "a number"
+    wanted = numbers.Integral if integer else numbers.Real
+    if isinstance(value, bool) or not isinstance(value, wanted):
+        raise TypeError(f"{name} must be {kind}; got {value!r}")
+    value = int(value) if integer else float(value)
+    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
+        bound = "zero or more" if allow_zero else "positive"
+        raise ValueError(f"{name} must be {bound}; got {value!r}")
+    return value
 
 
 def wants_binarization(model, binarize: bool | None) -> bool:
@@ -59,12 +90,6 @@ def fixed_test_images(images: torch.Tensor, binarize: bool, seed: int = 0):
     if not binarize:
         return images
     return binarize_images(images.cpu(), torch.Generator().manual_seed(seed))
-
-
-def _check_positive(**values) -> None:
-    for name, value in values.items():
-        if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
-            raise ValueError(f"{name} must be a positive number; got {value!r}")
 
 
 def _train_epoch(model, optimizer, images, *, batch_size, binarize, beta, warmup_steps,
@@ -104,6 +129,30 @@ def _train_epoch(model, optimizer, images, *, batch_size, binarize, beta, warmup
     return {name: float(total) / len(images) for name, total in totals.items()}
 
 
+def _diverged(epoch: int, what: str) -> FloatingPointError:
+    return FloatingPointError(f"training diverged at epoch {epoch}, in its last step "
+                              f"({what}); try a smaller learning rate")
+
+
+def _check_weights_finite(model, epoch: int) -> None:
+    for name, parameter in model.named_parameters():
+        if not bool(torch.isfinite(parameter).all()):
+            raise _diverged(epoch, f"{name} holds NaN or infinite weights")
+
+
+def _test_terms(model, test: torch.Tensor, epoch: int) -> dict[str, float]:
+    """The test pass of an epoch; a model broken by its last step is divergence."""
+    try:
+        terms = mean_terms(model, test)
+    except ValueError as error:
+        # torch.distributions refuses a scale that overflowed to inf or fell to 0.
+        raise _diverged(epoch, str(error).splitlines()[0]) from None
+    terms["loss"] = -terms.pop("elbo")
+    if not all(math.isfinite(terms[name]) for name in TERMS):
+        raise _diverged(epoch, f"the test loss became {terms['loss']}")
+    return {f"test_{name}": terms[name] for name in TERMS}
+
+
 def fit(model, train_images: torch.Tensor, test_images: torch.Tensor | None = None, *,
         num_epochs: int, batch_size: int = 100, learning_rate: float = 1e-3,
         seed: int = 0, binarize: bool | None = None, beta: float = 1.0,
@@ -120,19 +169,21 @@ def fit(model, train_images: torch.Tensor, test_images: torch.Tensor | None = No
     every epoch reseeds from ``(seed, epoch)``, so the result equals a straight run.
     ``callback(model, optimizer, history)`` runs after every epoch.
     """
-    if not isinstance(num_epochs, int) or not isinstance(batch_size, int):
-        raise TypeError("num_epochs and batch_size must be integers")
-    _check_positive(num_epochs=num_epochs, batch_size=batch_size,
-                    learning_rate=learning_rate)
-    if beta < 0 or warmup_epochs < 0:
-        raise ValueError("beta and warmup_epochs must not be negative")
-    check_images(train_images, "train_images")
+    num_epochs = check_number("num_epochs", num_epochs, integer=True)
+    batch_size = check_number("batch_size", batch_size, integer=True)
+    learning_rate = check_number("learning_rate", learning_rate)
+    seed = check_number("seed", seed, integer=True, allow_zero=True)
+    beta = check_number("beta", beta, allow_zero=True)
+    warmup_epochs = check_number("warmup_epochs", warmup_epochs, allow_zero=True)
+    dtype = next(model.parameters()).dtype
+    check_images(train_images, "train_images", dtype)
+    if test_images is not None:
+        check_images(test_images, "test_images", dtype)
     binarize = wants_binarization(model, binarize)
     device = model.device
     train = train_images.to(device)
     test = None
     if test_images is not None:
-        check_images(test_images, "test_images")
         test = fixed_test_images(test_images, binarize, seed).to(device)
     optimizer = optimizer or torch.optim.Adam(model.parameters(), lr=learning_rate)
     history = history if history is not None else History()
@@ -150,13 +201,14 @@ def fit(model, train_images: torch.Tensor, test_images: torch.Tensor | None = No
                 beta=beta, warmup_steps=warmup_epochs * steps_per_epoch, epoch=epoch,
                 step_offset=(epoch - 1) * steps_per_epoch, bar=bar)
             seconds = time.perf_counter() - started
+            # The loop checks each loss before its step, so the last step of an
+            # epoch is checked here, before the model is tested or saved.
+            _check_weights_finite(model, epoch)
             row = {"epoch": epoch, "seconds": seconds}
             row.update({f"train_{name}": value for name, value in train_terms.items()})
             if test is not None:
                 model.eval()
-                terms = mean_terms(model, test)
-                terms["loss"] = -terms.pop("elbo")
-                row.update({f"test_{name}": terms[name] for name in TERMS})
+                row.update(_test_terms(model, test, epoch))
             history.rows.append(row)
             shown = row.get("test_loss", row["train_loss"])
             bar.set_postfix(epoch=epoch, test_loss=f"{shown:.2f}")
