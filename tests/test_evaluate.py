@@ -353,3 +353,19 @@ def test_evaluate_elbo_reports_consistent_terms(model_2d, images):
     smaller = evaluate_elbo(model_2d, images, seed=1, batch_size=7)
     for name in ("entropy", "cross_entropy", "kl"):
         assert smaller[name] == pytest.approx(terms[name], rel=1e-5)
+
+
+def test_huge_logits_are_scored_exactly():
+    """log(1 + e^l) overflows past l = 88; those logits must still score right."""
+    model = exact_posterior_model()
+    with torch.no_grad():
+        signs = torch.ones(784)
+        signs[::2] = -1
+        model.decoder[-1].bias.copy_(signs * 200.0)
+    x = (signs > 0).float()[None].repeat(3, 1)  # (3, 784)
+    x[1, :5] = 1 - x[1, :5]  # five pixels against a logit of 200: -1000 nats
+    x[2, :] = 1 - x[2, :]
+    exact = torch.distributions.Bernoulli(
+        logits=model.decoder[-1].bias.double()).log_prob(x.double()).sum(-1)
+    estimate = importance_weighted_log_likelihood(model, x, num_samples=4)
+    torch.testing.assert_close(estimate.double(), exact, rtol=1e-6, atol=1e-3)
