@@ -168,8 +168,10 @@ def main() -> None:
     parser.add_argument("--iwae-k", type=int, default=1000)
     parser.add_argument("--iwae-repeats", type=int, default=3)
     parser.add_argument("--skip-training", action="store_true")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="PyTorch threads (default: as vc.setup chooses)")
     args = parser.parse_args()
-    vc.setup(seed=0)
+    vc.setup(seed=0, threads=args.threads)
     if not args.skip_training:
         compare_training(args.epochs, args.batch_size)
     compare_log_likelihood(args.iwae_images, args.iwae_k, args.iwae_repeats)
