@@ -50,7 +50,7 @@ help:
 	@echo "make notebook NB=notebooks/NN_name.ipynb   execute one notebook in place"
 	@echo "make slides    one reveal.js deck per lesson into build/slides/"
 	@echo "make checkpoints  retrain the two committed course models (lessons 04, 05)"
-	@echo "make benchmark    time the in-memory trainer against a DataLoader loop"
+	@echo "make benchmark    time the trainer and the log-likelihood, as ratios"
 	@echo "make reference    train and evaluate the reference models, update README"
 	@echo "make install   create .venv and install the course (done by the others)"
 	@echo "make clean     remove build/ and caches; make distclean also removes .venv"
@@ -99,9 +99,12 @@ checkpoints: $(STAMP)
 	VAE_COURSE_SMOKE=0 $(EXECUTE) --inplace notebooks/04_training.ipynb
 	VAE_COURSE_SMOKE=0 $(EXECUTE) --inplace notebooks/05_visualization.ipynb
 
-# Epoch time of vc.train.fit against a seed-000-style DataLoader loop, one process.
+# Train seconds per epoch of the Deep Bayes tutorial's DataLoader loop, vc.train.fit
+# and a hand-written loop, alternating in one process; the importance-sampled
+# log-likelihood against the matmul rate; then what busy cores cost each thread count.
 benchmark: $(STAMP)
 	$(BIN)/python benchmarks/epoch_speed.py --epochs 5
+	$(BIN)/python benchmarks/busy_machine.py --steps 100 --repeats 3
 
 # Trains the default and the best model through the CLI (GPU when present), evaluates
 # them with K=5000 importance samples and writes the table into README.md.

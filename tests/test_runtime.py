@@ -113,3 +113,96 @@ def test_setup_says_what_it_chose(restore_global_state, environment, capsys,
     assert f"torch {torch.__version__}" in line
     assert "device cpu" in line and "seed 7" in line
     assert mode in line
+
+
+# --- threads --------------------------------------------------------------------
+
+@pytest.mark.parametrize(("cores", "load", "threads"), [
+    (2, 0.0, 2),  # a quiet machine: every core
+    (2, 0.3, 2),
+    (2, 0.8, 1),
+    (2, 2.0, 1),
+    (2, 12.5, 1),  # far more work than cores: still one thread
+    (16, 3.2, 13),
+    (16, 0.0, 16),
+    (1, 0.0, 1),
+])
+def test_threads_follow_the_idle_cores(cores, load, threads):
+    assert runtime.choose_num_threads(cores, load) == threads
+
+
+def test_a_requested_thread_count_wins_over_the_load():
+    assert runtime.choose_num_threads(2, 10.0, requested=4) == 4
+    assert runtime.choose_num_threads(16, 0.0, requested=1) == 1
+
+
+@pytest.mark.parametrize(("arguments", "name"), [
+    ((0, 0.0), "cores"), ((2.5, 0.0), "cores"), ((2, -1.0), "load"),
+    ((2, float("nan")), "load"), ((2, 0.0, 0), "threads"), ((2, 0.0, True), "threads"),
+])
+def test_bad_thread_arguments_are_refused(arguments, name):
+    with pytest.raises(ValueError, match=name):
+        runtime.choose_num_threads(*arguments)
+
+
+@pytest.fixture
+def restore_threads():
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_set_threads_reads_cores_load_and_the_environment(monkeypatch, restore_threads):
+    monkeypatch.delenv(runtime.THREADS_ENV_VAR, raising=False)
+    monkeypatch.setattr(runtime, "usable_cores", lambda: 2)
+    monkeypatch.setattr(runtime, "machine_load", lambda: 5.0)
+    assert runtime.set_threads() == 1
+    assert torch.get_num_threads() == 1
+    monkeypatch.setattr(runtime, "machine_load", lambda: 0.0)
+    assert runtime.set_threads() == 2
+    assert torch.get_num_threads() == 2
+    monkeypatch.setenv(runtime.THREADS_ENV_VAR, "1")
+    assert runtime.set_threads() == 1
+    assert runtime.set_threads(3) == 3  # an argument beats the environment
+    assert torch.get_num_threads() == 3
+    for text in ("zero", "0", "-2"):
+        monkeypatch.setenv(runtime.THREADS_ENV_VAR, text)
+        with pytest.raises(ValueError, match=runtime.THREADS_ENV_VAR):
+            runtime.set_threads()
+
+
+def test_setup_sets_and_reports_the_threads(restore_global_state, restore_threads,
+                                            capsys):
+    runtime.setup(seed=0, device="cpu", threads=1)
+    assert torch.get_num_threads() == 1
+    assert "| 1 thread |" in capsys.readouterr().out
+
+
+def test_usable_cores_and_load_are_sane():
+    assert 1 <= runtime.usable_cores() <= (os.cpu_count() or 1)
+    assert runtime.machine_load() >= 0
+
+
+def test_the_command_line_takes_a_thread_count(monkeypatch, restore_threads, capsys):
+    from vae_course import cli
+
+    parser = cli.build_parser()
+    for command in (["train"], ["evaluate", "checkpoint.pt"]):
+        assert parser.parse_args([*command, "--threads", "1"]).threads == 1
+        assert parser.parse_args(command).threads is None
+    with pytest.raises(SystemExit) as stopped:
+        parser.parse_args(["train", "--threads", "0"])
+    assert stopped.value.code == 2
+    assert "--threads" in capsys.readouterr().err
+    # The flag reaches torch before any work starts (a missing checkpoint stops it),
+    # on a machine where the automatic choice would be two threads.
+    monkeypatch.setattr(runtime, "usable_cores", lambda: 2)
+    monkeypatch.setattr(runtime, "machine_load", lambda: 0.0)
+    monkeypatch.delenv(runtime.THREADS_ENV_VAR, raising=False)
+    status = cli.main(["evaluate", "missing.pt", "--threads", "1", "--no-progress"])
+    assert status != 0 and torch.get_num_threads() == 1
+    monkeypatch.setenv(runtime.THREADS_ENV_VAR, "many")
+    with pytest.raises(SystemExit) as stopped:
+        cli.main(["evaluate", "missing.pt"])
+    assert stopped.value.code == 2
+    assert runtime.THREADS_ENV_VAR in capsys.readouterr().err

@@ -361,3 +361,80 @@ def test_divergence_in_the_last_step_of_an_epoch_is_reported(data, with_test_ima
         train(model, (data[0], data[1] if with_test_images else None), num_epochs=2,
               optimizer=optimizer, callback=lambda *args: saved.append(args))
     assert saved == []  # a diverged model is never handed on to be saved
+
+
+# --- the fast loop computes what the plain loop computes ----------------------
+
+def straightforward_fit(model, train_images, *, num_epochs, batch_size, seed, beta,
+                        warmup_epochs, learning_rate=1e-3):
+    """The loop written plainly: every step checked, every term summed as it comes."""
+    from vae_course.data import binarize
+    from vae_course.elbo import negative_elbo
+
+    optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate)
+    steps_per_epoch = math.ceil(len(train_images) / batch_size)
+    rows = []
+    for epoch in range(1, num_epochs + 1):
+        torch.manual_seed(seed * 1_000_003 + epoch)
+        totals = dict.fromkeys(TERMS, 0.0)
+        order = torch.randperm(len(train_images))
+        for step, start in enumerate(range(0, len(train_images), batch_size), start=1):
+            batch = binarize(train_images[order[start:start + batch_size]])
+            global_step = (epoch - 1) * steps_per_epoch + step
+            weight = beta * min(1.0, global_step / (warmup_epochs * steps_per_epoch)) \
+                if warmup_epochs else beta
+            loss, terms = negative_elbo(model, batch, beta=weight)
+            assert torch.isfinite(loss)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            totals["loss"] += -terms["elbo"].sum().item()
+            for name in TERMS[1:]:
+                totals[name] += terms[name].sum().item()
+        rows.append({f"train_{name}": total / len(train_images)
+                     for name, total in totals.items()})
+    return rows
+
+
+@pytest.mark.parametrize(("beta", "warmup_epochs", "batch_size"),
+                         [(1.0, 0, 64), (0.5, 2, 50)])
+def test_fit_matches_a_straightforward_loop(data, beta, warmup_epochs, batch_size):
+    model, reference_model = tiny_model(), tiny_model()
+    history = train(model, (data[0], None), num_epochs=3, seed=2, beta=beta,
+                    warmup_epochs=warmup_epochs, batch_size=batch_size)
+    expected = straightforward_fit(reference_model, data[0], num_epochs=3, seed=2,
+                                   beta=beta, warmup_epochs=warmup_epochs,
+                                   batch_size=batch_size)
+    assert len(history) == len(expected) == 3
+    for row, expected_row in zip(history.rows, expected, strict=True):
+        for name, value in expected_row.items():
+            assert row[name] == pytest.approx(value, rel=1e-5, abs=1e-4), name
+    for mine, reference in zip(model.parameters(), reference_model.parameters(),
+                               strict=True):
+        torch.testing.assert_close(mine, reference)
+
+
+def test_divergence_is_found_at_its_step_between_two_looks(data):
+    """The loop looks at the loss every CHECK_EVERY steps; it still names the first
+    step whose loss was not finite, not the step at which it looked."""
+    from vae_course.train import CHECK_EVERY
+
+    images = data[0].repeat(2, 1)  # 512 images: 128 steps of 4 per epoch
+    poisoned_step = 73
+    assert poisoned_step % CHECK_EVERY != 0
+    model = tiny_model()
+    calls = []
+
+    def poison(module, inputs, output):  # the encoder runs once per training step
+        calls.append(len(inputs[0]))
+        if len(calls) == 128 + poisoned_step:
+            return output * float("nan")
+        return None
+
+    handle = model.encoder.register_forward_hook(poison)
+    try:
+        with pytest.raises(FloatingPointError,
+                           match=rf"epoch 2, step {poisoned_step}\b"):
+            fit(model, images, num_epochs=2, batch_size=4, progress=False)
+    finally:
+        handle.remove()

@@ -29,7 +29,7 @@ from .data import DATASETS, DataCorruptError, DataNotFoundError, load_mnist
 from .distributions import LIKELIHOODS
 from .evaluate import evaluate_elbo, importance_weighted_log_likelihood
 from .models import ARCHITECTURES, build_vae
-from .runtime import default_device, seed_everything
+from .runtime import default_device, seed_everything, set_threads
 from .train import check_number, fit
 
 CHECKPOINT = "checkpoint.pt"
@@ -178,6 +178,9 @@ def _add_common(parser, seed_default=0):
                         help="torchvision data folder (default: $VAE_COURSE_DATA, "
                              "else data/ in the repository)")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    parser.add_argument("--threads", type=_number(int), default=None,
+                        help="CPU threads for PyTorch (default: $VAE_COURSE_THREADS, "
+                             "else the cores not busy with other work)")
 
 
 def _write_metrics(folder: Path, history) -> None:
@@ -425,6 +428,10 @@ def main(argv=None) -> int:
     """Run one command; every expected failure ends in one line on stderr."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    try:
+        set_threads(args.threads)
+    except ValueError as error:  # a bad $VAE_COURSE_THREADS
+        parser.error(str(error))
     try:
         return run_train(args) if args.command == "train" else run_evaluate(args)
     except UsageError as error:

@@ -9,16 +9,23 @@ q(z|x) and averaging their importance weights gives a tighter estimate,
 
 which is itself a lower bound in expectation (Burda et al., 2015) and tends to
 :math:`\log p(x)` as K grows.
+
+Each image draws its codes from a random stream of its own, seeded by the seed and
+the image's place in the data set, so its estimate does not depend on which other
+images are evaluated with it, in what order, or how the work is split into chunks.
 """
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 
-from .distributions import check_pixels
-from .elbo import mean_terms
+from .distributions import check_pixels, likelihood_from_logits
+from .elbo import mean_terms, unvalidated_distributions
+from .models import IMAGE_SIZE
 from .train import check_images, check_number, fixed_test_images, wants_binarization
 
 
@@ -47,43 +54,105 @@ def evaluate_elbo(model, images: torch.Tensor, binarize: bool | None = None,
     return terms
 
 
+# Codes decoded per call: enough rows for the matmuls to run at speed, few enough
+# that the (rows, 784) logits stay in the CPU's cache for the passes that follow.
+ROWS_PER_CALL = 1024
+
+
+def image_generator(seed: int, index: int) -> torch.Generator:
+    """The random stream of the image at ``index`` in its data set, under ``seed``."""
+    # SeedSequence mixes the pair, so nearby (seed, index) pairs give unrelated streams.
+    high, low = np.random.SeedSequence([seed, index]).generate_state(2, np.uint32)
+    return torch.Generator().manual_seed(int(high) << 32 | int(low))
+
+
+def _check_index(name: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{name} must be a non-negative integer; got {value!r}")
+
+
 @torch.no_grad()
 def importance_weighted_log_likelihood(model, images: torch.Tensor,
                                        num_samples: int = 5000,
                                        binarize: bool | None = None, seed: int = 0,
                                        max_pixels: int = 2**24,
-                                       progress: bool = False) -> torch.Tensor:
+                                       progress: bool = False,
+                                       first_index: int = 0) -> torch.Tensor:
     """Estimate log p(x) for each image with ``num_samples`` importance samples.
 
-    Work is split into chunks of at most ``max_pixels`` decoded pixels (64 MiB of
-    float32 logits by default), so memory stays bounded whatever K is. Returns a
+    Image ``i`` of ``images`` is image ``first_index + i`` of its data set, and its
+    codes come from :func:`image_generator` for that index: evaluate images 50 to
+    149 with ``first_index=50`` and they get the numbers a call on the first 150
+    gives them. (Grey images are binarized by one seeded draw over ``images``, the
+    draw of :func:`vae_course.train.fixed_test_images`; to evaluate a slice that is
+    not the first images, binarize the whole set first and pass the slice.)
+
+    Work is split into calls that decode at most ``max_pixels`` pixels, so memory
+    stays bounded whatever K is; the split does not change the result. Returns a
     (N,) tensor in nats on the CPU.
     """
-    if not isinstance(num_samples, int) or num_samples < 1:
+    if isinstance(num_samples, bool) or not isinstance(num_samples, int) \
+            or num_samples < 1:
         raise ValueError(f"num_samples must be a positive integer; got {num_samples!r}")
+    _check_index("seed", seed)
+    _check_index("first_index", first_index)
+    if isinstance(max_pixels, bool) or not isinstance(max_pixels, int) \
+            or max_pixels < IMAGE_SIZE:
+        raise ValueError(f"max_pixels must be an integer of at least {IMAGE_SIZE} "
+                         f"(one image); got {max_pixels!r}")
     images = _prepared(model, images, binarize, seed)
     check_pixels(images, model.likelihood)
     model.eval()
-    device = model.device
-    images_per_chunk = max(1, min(len(images), max_pixels // (784 * num_samples)))
-    samples_per_chunk = max(1, min(num_samples, max_pixels // (784 * images_per_chunk)))
+    rows_per_call = min(max_pixels // IMAGE_SIZE, ROWS_PER_CALL)
+    # Whole images per group when K samples fit in one call, otherwise one image
+    # whose samples are split over several calls.
+    images_per_group = max(1, rows_per_call // num_samples)
+    starts = range(0, len(images), images_per_group)
+    if progress:
+        from tqdm.auto import tqdm
+        starts = tqdm(starts, desc=f"log p(x), K={num_samples}", unit="group")
     estimates = []
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        torch.manual_seed(seed)
-        starts = range(0, len(images), images_per_chunk)
-        if progress:
-            from tqdm.auto import tqdm
-            starts = tqdm(starts, desc=f"log p(x), K={num_samples}", unit="chunk")
-        for start in starts:
-            x = images[start:start + images_per_chunk].to(device)  # (batch, 784)
-            posterior, prior = model.encode(x), model.prior()
-            log_weights = []
-            for done in range(0, num_samples, samples_per_chunk):
-                count = min(samples_per_chunk, num_samples - done)
-                z = posterior.sample((count,))  # (count, batch, latent_dim)
-                log_weights.append(model.decode(z).log_prob(x) + prior.log_prob(z)
-                                   - posterior.log_prob(z))  # (count, batch)
-            log_weights = torch.cat(log_weights)  # (num_samples, batch)
-            estimates.append(torch.logsumexp(log_weights, 0).cpu()
-                             - math.log(num_samples))
+    for start in starts:
+        x = images[start:start + images_per_group]  # (group, 784)
+        indices = range(first_index + start, first_index + start + len(x))
+        log_weights = _log_weights(model, x, indices, num_samples, seed,
+                                   rows_per_call)  # (group, num_samples)
+        estimates.append(torch.logsumexp(log_weights, 1).cpu() - math.log(num_samples))
     return torch.cat(estimates)
+
+
+def _log_weights(model, x, indices, num_samples, seed, rows_per_call):
+    """log p(x|z) + log p(z) - log q(z|x) for each image's K codes: (group, K)."""
+    device = model.device
+    x = x.to(device)
+    posterior = model.encode(x).base_dist
+    loc, log_scale = posterior.loc, posterior.scale.log()  # (group, latent_dim) each
+    noise = torch.stack([
+        torch.randn(num_samples, model.latent_dim, generator=image_generator(seed, i))
+        for i in indices]).to(device)  # (group, K, latent_dim)
+    z = loc[:, None] + log_scale.exp()[:, None] * noise  # z ~ q(z|x), as rsample draws
+    # log p(z) - log q(z|x) for Gaussians, where z - loc = scale * noise: (group, K)
+    log_prior_ratio = 0.5 * (noise**2 - z**2).sum(-1) + log_scale.sum(-1, True)
+    pieces = []
+    rows_per_image = min(num_samples, rows_per_call)
+    for done in range(0, num_samples, rows_per_image):
+        codes = z[:, done:done + rows_per_image]  # (group, rows, latent_dim)
+        logits = model.decoder(codes.reshape(-1, model.latent_dim))  # (group*rows, 784)
+        logits = logits.reshape(*codes.shape[:2], IMAGE_SIZE)  # (group, rows, 784)
+        pieces.append(_log_likelihood(model.likelihood, logits, x))
+    return torch.cat(pieces, 1) + log_prior_ratio
+
+
+def _log_likelihood(kind, logits, x):
+    """log p(x|z) of each image under each of its codes' logits: (group, rows)."""
+    if kind == "bernoulli":
+        # sum_j x_j l_j - softplus(l_j): a matrix product, then log(1 + e^l), whose
+        # exp and log run twice as fast as softplus's; it overflows only for l > 88,
+        # and those rows are redone with softplus.
+        matched = (logits @ x[:, :, None]).squeeze(-1)  # (group, rows)
+        normalizer = logits.exp().add_(1).log_().sum(-1)  # (group, rows)
+        if not bool(torch.isfinite(normalizer).all()):
+            normalizer = F.softplus(logits).sum(-1)
+        return matched - normalizer
+    with unvalidated_distributions():  # check_pixels has seen these pixels
+        return likelihood_from_logits(logits, kind).log_prob(x[:, None])

@@ -4,10 +4,18 @@ The smoke switch is read here and nowhere else. It is on when the environment
 variable ``VAE_COURSE_SMOKE`` is true, or, when that is unset, when ``CI`` is true
 (the convention most CI services follow). Lessons never read the environment
 themselves; they ask :func:`budget` for epoch counts, subset sizes and samples.
+
+Threads: PyTorch starts one thread per core, and when other processes keep those
+cores busy (a classroom of kernels on one server) its threads wait on each other and
+an epoch takes many times longer than with fewer threads. :func:`set_threads`, which
+:func:`setup` calls, takes the cores this process may use minus the load of the
+machine, at least one. ``setup(threads=N)``, the command line's ``--threads N`` or
+the environment variable ``VAE_COURSE_THREADS=N`` choose N instead.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import random
 
@@ -15,6 +23,8 @@ import numpy as np
 import torch
 
 _TRUE = {"1", "true", "yes", "on"}
+#: Environment variable that fixes the number of threads (see :func:`set_threads`).
+THREADS_ENV_VAR = "VAE_COURSE_THREADS"
 
 
 def smoke_test() -> bool:
@@ -42,21 +52,84 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def setup(seed: int = 0, device: str | torch.device | None = None,
-          precision: int = 4, verbose: bool = True) -> torch.device:
-    """One call at the top of every lesson: seeds, determinism, device, printing.
+def choose_num_threads(cores: int, load: float, requested: int | None = None) -> int:
+    """Threads for PyTorch: ``requested`` if given, else the cores left idle by the load.
 
-    Returns the device the lesson should use.
+    ``cores`` is how many cores this process may run on and ``load`` how many of
+    them other work keeps busy (the load average). A busy machine gets one thread:
+    more would spend their time waiting for each other.
+    """
+    if requested is not None:
+        if isinstance(requested, bool) or not isinstance(requested, int) \
+                or requested < 1:
+            raise ValueError(f"threads must be a positive integer; got {requested!r}")
+        return requested
+    if isinstance(cores, bool) or not isinstance(cores, int) or cores < 1:
+        raise ValueError(f"cores must be a positive integer; got {cores!r}")
+    if not (isinstance(load, int | float) and math.isfinite(load) and load >= 0):
+        raise ValueError(f"load must be a non-negative number; got {load!r}")
+    return max(1, min(cores, round(cores - load)))
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity where the OS has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def machine_load() -> float:
+    """Runnable processes, averaged over the last minute; 0 where the OS does not say."""
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):  # Windows has no load average
+        return 0.0
+
+
+def requested_threads(threads: int | None = None) -> int | None:
+    """``threads`` if given, else ``$VAE_COURSE_THREADS`` as an integer, else None."""
+    if threads is not None:
+        return threads
+    text = os.environ.get(THREADS_ENV_VAR, "").strip()
+    if not text:
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise ValueError(f"{THREADS_ENV_VAR} must be a positive integer; got {text!r}")
+    return value
+
+
+def set_threads(threads: int | None = None) -> int:
+    """Set PyTorch's intra-op threads (see :func:`choose_num_threads`); return them."""
+    chosen = choose_num_threads(usable_cores(), machine_load(),
+                                requested_threads(threads))
+    torch.set_num_threads(chosen)
+    return chosen
+
+
+def setup(seed: int = 0, device: str | torch.device | None = None,
+          precision: int = 4, verbose: bool = True,
+          threads: int | None = None) -> torch.device:
+    """One call at the top of every lesson: seeds, determinism, device, threads.
+
+    ``threads`` fixes PyTorch's thread count; by default it follows the idle cores
+    (:func:`set_threads`). Returns the device the lesson should use.
     """
     # cuBLAS needs this workspace setting before deterministic kernels can be used.
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.use_deterministic_algorithms(True, warn_only=True)
     torch.backends.cudnn.benchmark = False
     seed_everything(seed)
+    num_threads = set_threads(threads)
     torch.set_printoptions(precision=precision, sci_mode=False)
     np.set_printoptions(precision=precision, suppress=True)
     chosen = torch.device(device) if device is not None else default_device()
     if verbose:
         mode = "smoke (small budgets)" if smoke_test() else "full"
-        print(f"torch {torch.__version__} | device {chosen} | seed {seed} | run {mode}")
+        threads_text = f"{num_threads} thread" + ("s" if num_threads > 1 else "")
+        print(f"torch {torch.__version__} | device {chosen} | {threads_text} | "
+              f"seed {seed} | run {mode}")
     return chosen

@@ -1,8 +1,11 @@
 """A fast training loop: the whole data set lives in one tensor on the model's device.
 
-The Deep Bayes tutorial fed its model through a DataLoader that turned every image
+The Deep Bayes tutorial fed the model through a DataLoader that turned every image
 into a tensor one by one; most of each epoch went there. Here an epoch is a
-``randperm`` and a slice per step, and the only per-step work is the model's own.
+``randperm`` and a slice per step, and the only per-step work is the model's own:
+the pixels are checked once before training rather than at every step, and the
+loss is looked at (which makes the CPU wait for the device) every
+``CHECK_EVERY`` steps rather than after each one.
 """
 
 from __future__ import annotations
@@ -18,11 +21,13 @@ from tqdm.auto import tqdm
 
 from .data import binarize as binarize_images
 from .data import check_pixel_values
-from .distributions import GreyPixelsError
-from .elbo import mean_terms, negative_elbo
+from .distributions import check_pixels
+from .elbo import mean_terms, negative_elbo_of_checked_pixels
 from .models import IMAGE_SIZE
 
 TERMS = ("loss", "reconstruction", "entropy", "cross_entropy", "kl")
+# Steps between two looks at the losses (for divergence and the progress bar).
+CHECK_EVERY = 50
 
 
 @dataclass
@@ -94,39 +99,51 @@ def fixed_test_images(images: torch.Tensor, binarize: bool, seed: int = 0):
 
 def _train_epoch(model, optimizer, images, *, batch_size, binarize, beta, warmup_steps,
                  epoch, step_offset, bar) -> dict[str, float]:
-    totals = dict.fromkeys(TERMS, 0.0)
+    num_steps = math.ceil(len(images) / batch_size)
+    # Each step's loss and its sums of the three terms, left on the device until
+    # they are looked at: (num_steps, 4).
+    sums = torch.zeros(num_steps, 4, device=images.device)
     order = torch.randperm(len(images), device=images.device)
-    for step, start in enumerate(range(0, len(images), batch_size), start=1):
+    looked_at = 0
+    for step in range(1, num_steps + 1):
+        start = (step - 1) * batch_size
         batch = images[order[start:start + batch_size]]  # (batch, 784)
         if binarize:
-            batch = binarize_images(batch)  # a fresh draw each time it is seen
+            # A fresh draw each time it is seen; fit checked the grey levels.
+            batch = torch.bernoulli(batch)
         global_step = step_offset + step
         weight = beta * min(1.0, global_step / warmup_steps) if warmup_steps else beta
-        try:
-            loss, terms = negative_elbo(model, batch, beta=weight)
-        except GreyPixelsError:
-            raise
-        except ValueError as error:
-            # torch.distributions refuses a scale that overflowed to inf or fell to 0.
-            reason = str(error).splitlines()[0]
-            raise FloatingPointError(
-                f"training diverged at epoch {epoch}, step {step} ({reason}); "
-                "try a smaller learning rate") from None
-        if not torch.isfinite(loss):
-            raise FloatingPointError(
-                f"the loss became {loss.item()} at epoch {epoch}, step {step}; "
-                "try a smaller learning rate"
-            )
+        loss, terms = negative_elbo_of_checked_pixels(model, batch, beta=weight)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        totals["loss"] += -terms["elbo"].detach().sum()
-        for name in TERMS[1:]:
-            totals[name] += terms[name].detach().sum()
-        bar.update(1)
-        if step % 50 == 0:
-            bar.set_postfix(epoch=epoch, loss=f"{loss.item():.2f}")
-    return {name: float(total) / len(images) for name, total in totals.items()}
+        with torch.no_grad():
+            sums[step - 1] = torch.stack((
+                loss, terms["reconstruction"].sum(), terms["entropy"].sum(),
+                terms["cross_entropy"].sum()))
+        if step % CHECK_EVERY == 0 or step == num_steps:
+            _check_finite(sums, looked_at, step, epoch)
+            bar.update(step - looked_at)
+            bar.set_postfix(epoch=epoch, loss=f"{sums[step - 1, 0].item():.2f}")
+            looked_at = step
+    # Sum in float64 so that the epoch's mean does not depend on the step count.
+    loss, reconstruction, entropy, cross_entropy = sums.double().sum(0).tolist()
+    totals = {"reconstruction": reconstruction, "entropy": entropy,
+              "cross_entropy": cross_entropy, "kl": cross_entropy - entropy,
+              "loss": cross_entropy - entropy - reconstruction}  # the true -ELBO
+    return {name: totals[name] / len(images) for name in TERMS}
+
+
+def _check_finite(sums, first, last, epoch) -> None:
+    """Raise at the first step in ``first + 1 .. last`` whose numbers are not finite."""
+    finite = torch.isfinite(sums[first:last]).all(1)  # (last - first,)
+    if bool(finite.all()):
+        return
+    index = int((~finite).nonzero()[0])
+    loss = sums[first + index, 0].item()
+    raise FloatingPointError(
+        f"training diverged at epoch {epoch}, step {first + index + 1} (the loss "
+        f"became {loss}); try a smaller learning rate")
 
 
 def _diverged(epoch: int, what: str) -> FloatingPointError:
@@ -189,6 +206,8 @@ def fit(model, train_images: torch.Tensor, test_images: torch.Tensor | None = No
     history = history if history is not None else History()
     steps_per_epoch = math.ceil(len(train) / batch_size)
     done = len(history)
+    if not binarize:
+        check_pixels(train, model.likelihood)  # once: the steps do not check again
     bar = tqdm(total=num_epochs * steps_per_epoch, initial=done * steps_per_epoch,
                disable=not progress, desc="training", unit="step")
     try:
@@ -201,8 +220,8 @@ def fit(model, train_images: torch.Tensor, test_images: torch.Tensor | None = No
                 beta=beta, warmup_steps=warmup_epochs * steps_per_epoch, epoch=epoch,
                 step_offset=(epoch - 1) * steps_per_epoch, bar=bar)
             seconds = time.perf_counter() - started
-            # The loop checks each loss before its step, so the last step of an
-            # epoch is checked here, before the model is tested or saved.
+            # The loop looks at the losses, not at what the last step did to the
+            # weights: that is checked here, before the model is tested or saved.
             _check_weights_finite(model, epoch)
             row = {"epoch": epoch, "seconds": seconds}
             row.update({f"train_{name}": value for name, value in train_terms.items()})
