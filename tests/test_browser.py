@@ -244,11 +244,37 @@ def page(lab, tmp_path):
             env={**os.environ, "XDG_CONFIG_HOME": str(tmp_path / "xdg-config"),
                  "XDG_CACHE_HOME": str(tmp_path / "xdg-cache")},
         )
+        page = context.pages[0] if context.pages else context.new_page()
+        page.outside, page.failed = block_network(context, page)
         try:
-            yield context.pages[0] if context.pages else context.new_page()
+            yield page
         finally:
             context.close()
             close_sessions(lab)
+
+
+LOCAL_URL = re.compile(r"^(https?|wss?)://(127\.0\.0\.1|localhost)(:\d+)?/|^(data|blob|about):")
+
+
+def block_network(context, page) -> tuple[list[str], list[str]]:
+    """Abort every request that leaves this machine, as a classroom without internet
+    would; returns the lists of aborted and of failed requests, filled as they come.
+    """
+    outside: list[str] = []
+    failed: list[str] = []
+
+    def route(request_route):
+        url = request_route.request.url
+        if LOCAL_URL.match(url):
+            request_route.continue_()
+        else:
+            outside.append(url)
+            request_route.abort()
+
+    context.route("**/*", route)
+    page.on("requestfailed", lambda request: failed.append(
+        f"{request.url} ({request.failure})"))
+    return outside, failed
 
 
 def close_sessions(lab: LabServer) -> None:
@@ -455,3 +481,61 @@ def test_lesson_05_latent_explorer_redraws(lab, page, tmp_path):
           f"screenshot: {screenshot}")
     assert after_value != before_value, "the slider's readout did not move"
     assert after_pixels != before_pixels, "the decoded digit looks the same"
+
+
+RISE_STATE_JS = """() => {
+    const reveal = document.querySelector('.reveal');
+    const current = reveal?.querySelector('.slides section.present:not(.stack)')
+        ?? reveal?.querySelector('.slides section.present');
+    const indices = window.Reveal?.getIndices?.() ?? null;
+    return {
+        reveal: !!reveal,
+        ready: !!reveal && reveal.classList.contains('ready'),
+        indices: indices,
+        total: reveal ? reveal.querySelectorAll('.slides section').length : 0,
+        text: current ? current.innerText : '',
+        maths: reveal ? reveal.querySelectorAll('mjx-container, .MathJax').length : 0,
+        raw: reveal ? [...reveal.querySelectorAll('.jp-RenderedMarkdown')]
+            .map(node => node.innerText).filter(text => text.includes('$$')).length : 0,
+    };
+}"""
+
+
+@pytest.mark.timeout(180)
+@lesson_missing("03_elbo.ipynb")
+def test_lesson_03_presents_with_rise(lab, page, tmp_path):
+    """RISE (jupyterlab-rise) presents the live notebook, with no internet."""
+    notebook = "03_elbo.ipynb"
+    started = time.monotonic()
+    page.goto(f"{lab.url}/rise/{notebook}?token={lab.token}",
+              wait_until="domcontentloaded", timeout=PAGE_LOAD_S * 1000)
+    page.locator(".reveal .slides section").first.wait_for(timeout=PAGE_LOAD_S * 1000)
+    first = wait_until(lambda: (s := page.evaluate(RISE_STATE_JS))["maths"] and s,
+                       60, "RISE to typeset the maths of the title slide")
+    print(f"\n[browser] RISE {notebook}: {first['total']} sections, "
+          f"{first['maths']} formulas typeset after {time.monotonic() - started:.1f} s")
+    assert first["raw"] == 0, "a Markdown cell still shows raw $$ TeX"
+    assert first["text"].lstrip().startswith("03"), first["text"][:200]
+
+    # Present as a teacher does: run the setup cell in place, then step on.
+    page.locator(".reveal section.present .jp-CodeCell .cm-content").first.click()
+    page.keyboard.press("Shift+Enter")
+    prompt = ".reveal .jp-CodeCell .jp-InputArea-prompt"
+    wait_until(lambda: page.locator(prompt).first.text_content().strip() == "[1]:",
+               90, "the setup cell to run in the slideshow")
+    page.keyboard.press("Escape")
+    page.keyboard.press("ArrowRight")
+    second = wait_until(
+        lambda: (s := page.evaluate(RISE_STATE_JS))["text"] != first["text"] and s,
+        15, "the slideshow to advance")
+    page.screenshot(path=str(tmp_path / "03_rise.png"))
+    assert "derivation" in second["text"].lower(), second["text"][:200]
+    assert second["raw"] == 0, "a Markdown cell still shows raw $$ TeX"
+    assert not page.outside, f"requests left the machine: {page.outside[:5]}"
+    # RISE also asks for an optional per-lesson stylesheet, NN_name.css; only
+    # notebooks/rise.css exists, shared by all lessons.
+    optional = f"/files/{Path(notebook).stem}.css "
+    failed = [request for request in page.failed if optional not in request]
+    assert not failed, f"failed requests: {failed[:5]}"
+    print(f"[browser] RISE advanced to {second['text'].splitlines()[0]!r}, total "
+          f"{time.monotonic() - started:.1f} s")
