@@ -111,17 +111,35 @@ reference: $(STAMP)
 # --- slides: rendered by another target, added here -------------------------
 
 # One reveal.js deck per lesson (not the solutions), from the committed outputs:
-# nothing is executed, and no network is needed to build. The HTML loads reveal.js
-# from a CDN when it is opened.
+# nothing is executed. The decks need no network, to build or to present: reveal.js
+# and MathJax are copied from installed packages into build/slides/, and the
+# template and settings live in deck/.
 SLIDES := $(patsubst notebooks/%.ipynb,build/slides/%.slides.html,$(LESSONS))
+DECK_FILES := deck/jupyter_nbconvert_config.py $(wildcard deck/offline-reveal/*)
+# Where the installed packages keep reveal.js 5 and MathJax 2.7.
+PACKAGE_DIR = $(shell $(BIN)/python -c "import importlib.util as u; \
+	print(u.find_spec('$(1)').submodule_search_locations[0])")
 
 .PHONY: slides
-slides: $(SLIDES)
+slides: $(SLIDES) build/slides/reveal.js/.copied build/slides/mathjax/.copied
 	@echo "Decks in build/slides/: open one in a browser; S opens the speaker notes."
 
-build/slides/%.slides.html: notebooks/%.ipynb | $(STAMP)
+build/slides/reveal.js/.copied: | $(STAMP)
+	rm -rf $(@D) && mkdir -p $(@D)
+	cp -R "$(call PACKAGE_DIR,sphinx_revealjs)/_static/revealjs/dist" \
+		"$(call PACKAGE_DIR,sphinx_revealjs)/_static/revealjs/plugin" \
+		"$(call PACKAGE_DIR,sphinx_revealjs)/_static/revealjs/LICENSE" $(@D)/
+	@touch $@
+
+build/slides/mathjax/.copied: | $(STAMP)
+	rm -rf $(@D) && mkdir -p $(dir $(@D))
+	cp -R "$(call PACKAGE_DIR,jupyter_server_mathjax)/static" $(@D)
+	@touch $@
+
+build/slides/%.slides.html: notebooks/%.ipynb $(DECK_FILES) | $(STAMP)
 	@mkdir -p $(@D)
-	$(JUPYTER) nbconvert --to slides --output-dir $(@D) $<
+	$(JUPYTER) nbconvert --to slides --config deck/jupyter_nbconvert_config.py \
+		--output-dir $(@D) $<
 
 # -----------------------------------------------------------------------------
 

@@ -33,22 +33,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from chromium import block_network, chromium_or_skip, launch
 
 pytestmark = pytest.mark.browser
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = REPO / "notebooks"
-DEFAULT_CHROMIUM = "/usr/bin/chromium"
-# Without the networking flags Chromium keeps dialling Google's hosts, which a
-# closed CI network refuses; --no-sandbox because CI containers run as root.
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 SERVER_START_S = 60
 PAGE_LOAD_S = 90
 RUN_ALL_S = 240
@@ -57,16 +47,6 @@ EXPLORER_CLASS_SLIDER = "vae-explorer-slider"
 # An IPython traceback, as opposed to a warning that also goes to stderr.
 ERROR_TEXT = re.compile(r"Traceback \(most recent call last\)|^\w*(Error|Exception): ",
                         re.MULTILINE)
-
-
-def chromium_executable() -> str | None:
-    """The Chromium to drive: $VAE_COURSE_CHROMIUM, Debian's, or one on the PATH."""
-    override = os.environ.get("VAE_COURSE_CHROMIUM", "").strip()
-    if override:
-        return override
-    if Path(DEFAULT_CHROMIUM).exists():
-        return DEFAULT_CHROMIUM
-    return shutil.which("chromium") or shutil.which("chromium-browser")
 
 
 # --------------------------------------------------------------------------- server
@@ -227,23 +207,9 @@ def lab(tmp_path_factory):
 
 @pytest.fixture
 def page(lab, tmp_path):
-    sync_api = pytest.importorskip(
-        "playwright.sync_api", reason="Playwright's Python package is not installed")
-    executable = chromium_executable()
-    if executable is None or not Path(executable).exists():
-        pytest.skip("no Chromium found: apt-get install chromium, or set "
-                    "VAE_COURSE_CHROMIUM to a Chromium binary")
+    sync_api = chromium_or_skip()
     with sync_api.sync_playwright() as playwright:
-        context = playwright.chromium.launch_persistent_context(
-            user_data_dir=str(tmp_path / "chromium-profile"),
-            executable_path=executable,
-            headless=True,
-            args=CHROMIUM_ARGS,
-            viewport={"width": 1400, "height": 1000},
-            # Crash reports and dconf would otherwise land in the user's home.
-            env={**os.environ, "XDG_CONFIG_HOME": str(tmp_path / "xdg-config"),
-                 "XDG_CACHE_HOME": str(tmp_path / "xdg-cache")},
-        )
+        context = launch(playwright, tmp_path, {"width": 1400, "height": 1000})
         page = context.pages[0] if context.pages else context.new_page()
         page.outside, page.failed = block_network(context, page)
         try:
@@ -251,30 +217,6 @@ def page(lab, tmp_path):
         finally:
             context.close()
             close_sessions(lab)
-
-
-LOCAL_URL = re.compile(r"^(https?|wss?)://(127\.0\.0\.1|localhost)(:\d+)?/|^(data|blob|about):")
-
-
-def block_network(context, page) -> tuple[list[str], list[str]]:
-    """Abort every request that leaves this machine, as a classroom without internet
-    would; returns the lists of aborted and of failed requests, filled as they come.
-    """
-    outside: list[str] = []
-    failed: list[str] = []
-
-    def route(request_route):
-        url = request_route.request.url
-        if LOCAL_URL.match(url):
-            request_route.continue_()
-        else:
-            outside.append(url)
-            request_route.abort()
-
-    context.route("**/*", route)
-    page.on("requestfailed", lambda request: failed.append(
-        f"{request.url} ({request.failure})"))
-    return outside, failed
 
 
 def close_sessions(lab: LabServer) -> None:
