@@ -196,6 +196,13 @@ def test_deck_loads_nothing_from_the_network(lesson, build_deck):
         assert path.is_file(), f"{lesson.name}: {url} is missing beside the deck"
 
 
+@lessons
+def test_lesson_has_speaker_notes(lesson):
+    """The README promises notes (S); a teacher needs at least one per lesson."""
+    notes = [cell for cell in read(lesson).cells if slide_type(cell) == "notes"]
+    assert notes, f"{lesson.name}: no cell of slide type 'notes'"
+
+
 # ------------------------------------------------------------------------ browser
 
 SCREEN = {"width": 1280, "height": 720}
