@@ -62,9 +62,12 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --disable-pip-version-check -e '.[test]'
 	@touch $@
 
+# Rooted at the repository, so that the README, the package and the solutions open
+# from JupyterLab's file browser; it starts in notebooks/.
 lab: $(STAMP)
 	@echo "Open the URL with ?token=... printed below (Ctrl-C twice stops the server)."
-	$(JUPYTER) lab notebooks/ --ip=127.0.0.1 --no-browser $(ALLOW_ROOT)
+	$(JUPYTER) lab --ServerApp.root_dir=. --LabApp.default_url=/lab/tree/notebooks \
+		--ip=127.0.0.1 --no-browser $(ALLOW_ROOT)
 
 # Smoke budgets (VAE_COURSE_SMOKE=1) keep the run short; nbval compares only the
 # cells tagged nbval-check-output, after tests/nbval_sanitize.cfg.
@@ -78,9 +81,12 @@ course: $(HTML)
 # Keep the executed notebooks: they are a product of make course, not a by-product.
 .SECONDARY: $(EXECUTED)
 
+# Models the lessons train go to build/runs/, not runs/: make course writes only
+# into build/.
 build/notebooks/%.ipynb: notebooks/%.ipynb $(PACKAGE) $(STAMP)
 	@mkdir -p $(@D)
-	VAE_COURSE_SMOKE=$(SMOKE) $(EXECUTE) --output-dir $(@D) $<
+	VAE_COURSE_SMOKE=$(SMOKE) VAE_COURSE_RUNS=$(CURDIR)/build/runs \
+		$(EXECUTE) --output-dir $(@D) $<
 
 build/html/%.html: build/notebooks/%.ipynb
 	@mkdir -p $(@D)
@@ -92,12 +98,15 @@ notebook: $(STAMP)
 	@test -f "$(NB)" || { echo "no such notebook: $(NB)"; exit 2; }
 	VAE_COURSE_SMOKE=0 $(EXECUTE) --inplace "$(NB)"
 
-# The two small models that later lessons load: lesson 04 writes the default one and
-# lesson 05 the 2-D one, so regenerating them means re-executing those lessons.
+# The two small models that later lessons load: lesson 04 trains the default one and
+# lesson 05 the 2-D one, so regenerating them means re-executing those lessons. The
+# lessons save into runs/ (they never write checkpoints/); copying is the commit step.
 checkpoints: $(STAMP)
-	rm -f checkpoints/mnist_default.pt checkpoints/mnist_latent2.pt
-	VAE_COURSE_SMOKE=0 $(EXECUTE) --inplace notebooks/04_training.ipynb
-	VAE_COURSE_SMOKE=0 $(EXECUTE) --inplace notebooks/05_visualization.ipynb
+	rm -f checkpoints/mnist_default.pt checkpoints/mnist_latent2.pt \
+		runs/mnist_default.pt runs/mnist_latent2.pt
+	VAE_COURSE_SMOKE=0 VAE_COURSE_RUNS= $(EXECUTE) --inplace notebooks/04_training.ipynb
+	VAE_COURSE_SMOKE=0 VAE_COURSE_RUNS= $(EXECUTE) --inplace notebooks/05_visualization.ipynb
+	cp runs/mnist_default.pt runs/mnist_latent2.pt checkpoints/
 
 # Epoch time of vc.train.fit against a seed-000-style DataLoader loop, one process.
 benchmark: $(STAMP)
