@@ -5,6 +5,7 @@
 #   make course    execute every notebook into build/notebooks/, HTML into build/html/
 #   make notebook NB=notebooks/01_distributions.ipynb   execute one notebook in place
 #   make slides    one reveal.js deck per lesson into build/slides/ (no execution)
+#   make book      the course as a website into build/book/ (no execution)
 #   make clean     remove build outputs and caches (keeps .venv and data/)
 #
 # Each target installs what it needs into .venv the first time, and again only
@@ -49,6 +50,7 @@ help:
 	@echo "make course    execute every notebook into build/, render HTML (SMOKE=1: small)"
 	@echo "make notebook NB=notebooks/NN_name.ipynb   execute one notebook in place"
 	@echo "make slides    one reveal.js deck per lesson into build/slides/"
+	@echo "make book      the course as a website into build/book/"
 	@echo "make checkpoints  retrain the two committed course models (lessons 04, 05)"
 	@echo "make benchmark    time the in-memory trainer against a DataLoader loop"
 	@echo "make reference    train and evaluate the reference models, update README"
@@ -149,6 +151,18 @@ build/slides/%.slides.html: notebooks/%.ipynb $(DECK_FILES) | $(STAMP)
 	@mkdir -p $(@D)
 	$(JUPYTER) nbconvert --to slides --config deck/jupyter_nbconvert_config.py \
 		--output-dir $(@D) $<
+
+# The course as a website (Sphinx, myst-nb, sphinx-book-theme) from the committed,
+# executed notebooks: nothing is executed, and the site reads offline (MathJax is
+# copied into it). Sphinx reads only its source folder, so the lessons are copied
+# next to book/'s files in build/book-src/ first.
+.PHONY: book
+book: | $(STAMP)
+	rm -rf build/book-src && mkdir -p build/book-src
+	cp -R book/. build/book-src/
+	cp -R notebooks build/book-src/notebooks
+	$(BIN)/sphinx-build -q -b html build/book-src build/book
+	@echo "Website in build/book/: open build/book/index.html in a browser."
 
 # -----------------------------------------------------------------------------
 
