@@ -106,8 +106,10 @@ notebook: $(STAMP)
 checkpoints: $(STAMP)
 	rm -f checkpoints/mnist_default.pt checkpoints/mnist_latent2.pt \
 		runs/mnist_default.pt runs/mnist_latent2.pt
-	VAE_COURSE_SMOKE=0 VAE_COURSE_RUNS= $(EXECUTE) --inplace notebooks/04_training.ipynb
-	VAE_COURSE_SMOKE=0 VAE_COURSE_RUNS= $(EXECUTE) --inplace notebooks/05_visualization.ipynb
+	VAE_COURSE_SMOKE=0 VAE_COURSE_RUNS= \
+		$(EXECUTE) --inplace notebooks/04_training.ipynb
+	VAE_COURSE_SMOKE=0 VAE_COURSE_RUNS= \
+		$(EXECUTE) --inplace notebooks/05_visualization.ipynb
 	cp runs/mnist_default.pt runs/mnist_latent2.pt checkpoints/
 
 # Epoch time of vc.train.fit against a seed-000-style DataLoader loop, one process.
