@@ -211,7 +211,6 @@ def page(lab, tmp_path):
     with sync_api.sync_playwright() as playwright:
         context = launch(playwright, tmp_path, {"width": 1400, "height": 1000})
         page = context.pages[0] if context.pages else context.new_page()
-        page.outside, page.failed = block_network(context, page)
         try:
             yield page
         finally:
@@ -448,6 +447,7 @@ RISE_STATE_JS = """() => {
 def test_lesson_03_presents_with_rise(lab, page, tmp_path):
     """RISE (jupyterlab-rise) presents the live notebook, with no internet."""
     notebook = "03_elbo.ipynb"
+    outside, failed_requests = block_network(page, page)
     started = time.monotonic()
     page.goto(f"{lab.url}/rise/{notebook}?token={lab.token}",
               wait_until="domcontentloaded", timeout=PAGE_LOAD_S * 1000)
@@ -473,11 +473,11 @@ def test_lesson_03_presents_with_rise(lab, page, tmp_path):
     page.screenshot(path=str(tmp_path / "03_rise.png"))
     assert "derivation" in second["text"].lower(), second["text"][:200]
     assert second["raw"] == 0, "a Markdown cell still shows raw $$ TeX"
-    assert not page.outside, f"requests left the machine: {page.outside[:5]}"
+    assert not outside, f"requests left the machine: {outside[:5]}"
     # RISE also asks for an optional per-lesson stylesheet, NN_name.css; only
     # notebooks/rise.css exists, shared by all lessons.
     optional = f"/files/{Path(notebook).stem}.css "
-    failed = [request for request in page.failed if optional not in request]
+    failed = [request for request in failed_requests if optional not in request]
     assert not failed, f"failed requests: {failed[:5]}"
     print(f"[browser] RISE advanced to {second['text'].splitlines()[0]!r}, total "
           f"{time.monotonic() - started:.1f} s")
