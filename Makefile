@@ -5,6 +5,7 @@
 #   make course    execute every notebook into build/notebooks/, HTML into build/html/
 #   make notebook NB=notebooks/01_distributions.ipynb   execute one notebook in place
 #   make slides    one reveal.js deck per lesson into build/slides/ (no execution)
+#   make book      the course as a website into build/book/ (no execution)
 #   make clean     remove build outputs and caches (keeps .venv and data/)
 #
 # Each target installs what it needs into .venv the first time, and again only
@@ -49,6 +50,7 @@ help:
 	@echo "make course    execute every notebook into build/, render HTML (SMOKE=1: small)"
 	@echo "make notebook NB=notebooks/NN_name.ipynb   execute one notebook in place"
 	@echo "make slides    one reveal.js deck per lesson into build/slides/"
+	@echo "make book      the course as a website into build/book/"
 	@echo "make checkpoints  retrain the two committed course models (lessons 04, 05)"
 	@echo "make benchmark    time the trainer and the log-likelihood, as ratios"
 	@echo "make reference    train and evaluate the reference models, update README"
@@ -62,9 +64,12 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --disable-pip-version-check -e '.[test]'
 	@touch $@
 
+# Rooted at the repository, so that the README, the package and the solutions open
+# from JupyterLab's file browser; it starts in notebooks/.
 lab: $(STAMP)
 	@echo "Open the URL with ?token=... printed below (Ctrl-C twice stops the server)."
-	$(JUPYTER) lab notebooks/ --ip=127.0.0.1 --no-browser $(ALLOW_ROOT)
+	$(JUPYTER) lab --ServerApp.root_dir=. --LabApp.default_url=/lab/tree/notebooks \
+		--ip=127.0.0.1 --no-browser $(ALLOW_ROOT)
 
 # Smoke budgets (VAE_COURSE_SMOKE=1) keep the run short; nbval compares only the
 # cells tagged nbval-check-output, after tests/nbval_sanitize.cfg.
@@ -78,9 +83,12 @@ course: $(HTML)
 # Keep the executed notebooks: they are a product of make course, not a by-product.
 .SECONDARY: $(EXECUTED)
 
+# Models the lessons train go to build/runs/, not runs/: make course writes only
+# into build/.
 build/notebooks/%.ipynb: notebooks/%.ipynb $(PACKAGE) $(STAMP)
 	@mkdir -p $(@D)
-	VAE_COURSE_SMOKE=$(SMOKE) $(EXECUTE) --output-dir $(@D) $<
+	VAE_COURSE_SMOKE=$(SMOKE) VAE_COURSE_RUNS=$(CURDIR)/build/runs \
+		$(EXECUTE) --output-dir $(@D) $<
 
 build/html/%.html: build/notebooks/%.ipynb
 	@mkdir -p $(@D)
@@ -92,12 +100,17 @@ notebook: $(STAMP)
 	@test -f "$(NB)" || { echo "no such notebook: $(NB)"; exit 2; }
 	VAE_COURSE_SMOKE=0 $(EXECUTE) --inplace "$(NB)"
 
-# The two small models that later lessons load: lesson 04 writes the default one and
-# lesson 05 the 2-D one, so regenerating them means re-executing those lessons.
+# The two small models that later lessons load: lesson 04 trains the default one and
+# lesson 05 the 2-D one, so regenerating them means re-executing those lessons. The
+# lessons save into runs/ (they never write checkpoints/); copying is the commit step.
 checkpoints: $(STAMP)
-	rm -f checkpoints/mnist_default.pt checkpoints/mnist_latent2.pt
-	VAE_COURSE_SMOKE=0 $(EXECUTE) --inplace notebooks/04_training.ipynb
-	VAE_COURSE_SMOKE=0 $(EXECUTE) --inplace notebooks/05_visualization.ipynb
+	rm -f checkpoints/mnist_default.pt checkpoints/mnist_latent2.pt \
+		runs/mnist_default.pt runs/mnist_latent2.pt
+	VAE_COURSE_SMOKE=0 VAE_COURSE_RUNS= \
+		$(EXECUTE) --inplace notebooks/04_training.ipynb
+	VAE_COURSE_SMOKE=0 VAE_COURSE_RUNS= \
+		$(EXECUTE) --inplace notebooks/05_visualization.ipynb
+	cp runs/mnist_default.pt runs/mnist_latent2.pt checkpoints/
 
 # Train seconds per epoch of the Deep Bayes tutorial's DataLoader loop, vc.train.fit
 # and a hand-written loop, alternating in one process; the importance-sampled
@@ -114,17 +127,47 @@ reference: $(STAMP)
 # --- slides: rendered by another target, added here -------------------------
 
 # One reveal.js deck per lesson (not the solutions), from the committed outputs:
-# nothing is executed, and no network is needed to build. The HTML loads reveal.js
-# from a CDN when it is opened.
+# nothing is executed. The decks need no network, to build or to present: reveal.js
+# and MathJax are copied from installed packages into build/slides/, and the
+# template and settings live in deck/.
 SLIDES := $(patsubst notebooks/%.ipynb,build/slides/%.slides.html,$(LESSONS))
+DECK_FILES := deck/jupyter_nbconvert_config.py $(wildcard deck/offline-reveal/*)
+# Where the installed packages keep reveal.js 5 and MathJax 2.7.
+PACKAGE_DIR = $(shell $(BIN)/python -c "import importlib.util as u; \
+	print(u.find_spec('$(1)').submodule_search_locations[0])")
 
 .PHONY: slides
-slides: $(SLIDES)
+slides: $(SLIDES) build/slides/reveal.js/.copied build/slides/mathjax/.copied
 	@echo "Decks in build/slides/: open one in a browser; S opens the speaker notes."
 
-build/slides/%.slides.html: notebooks/%.ipynb | $(STAMP)
+build/slides/reveal.js/.copied: | $(STAMP)
+	rm -rf $(@D) && mkdir -p $(@D)
+	cp -R "$(call PACKAGE_DIR,sphinx_revealjs)/_static/revealjs/dist" \
+		"$(call PACKAGE_DIR,sphinx_revealjs)/_static/revealjs/plugin" \
+		"$(call PACKAGE_DIR,sphinx_revealjs)/_static/revealjs/LICENSE" $(@D)/
+	@touch $@
+
+build/slides/mathjax/.copied: | $(STAMP)
+	rm -rf $(@D) && mkdir -p $(dir $(@D))
+	cp -R "$(call PACKAGE_DIR,jupyter_server_mathjax)/static" $(@D)
+	@touch $@
+
+build/slides/%.slides.html: notebooks/%.ipynb $(DECK_FILES) | $(STAMP)
 	@mkdir -p $(@D)
-	$(JUPYTER) nbconvert --to slides --output-dir $(@D) $<
+	$(JUPYTER) nbconvert --to slides --config deck/jupyter_nbconvert_config.py \
+		--output-dir $(@D) $<
+
+# The course as a website (Sphinx, myst-nb, sphinx-book-theme) from the committed,
+# executed notebooks: nothing is executed, and the site reads offline (MathJax is
+# copied into it). Sphinx reads only its source folder, so the lessons are copied
+# next to book/'s files in build/book-src/ first.
+.PHONY: book
+book: | $(STAMP)
+	rm -rf build/book-src && mkdir -p build/book-src
+	cp -R book/. build/book-src/
+	cp -R notebooks build/book-src/notebooks
+	$(BIN)/sphinx-build -q -b html build/book-src build/book
+	@echo "Website in build/book/: open build/book/index.html in a browser."
 
 # -----------------------------------------------------------------------------
 

@@ -33,22 +33,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from chromium import block_network, chromium_or_skip, launch
 
 pytestmark = pytest.mark.browser
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = REPO / "notebooks"
-DEFAULT_CHROMIUM = "/usr/bin/chromium"
-# Without the networking flags Chromium keeps dialling Google's hosts, which a
-# closed CI network refuses; --no-sandbox because CI containers run as root.
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 SERVER_START_S = 60
 PAGE_LOAD_S = 90
 RUN_ALL_S = 240
@@ -57,16 +47,6 @@ EXPLORER_CLASS_SLIDER = "vae-explorer-slider"
 # An IPython traceback, as opposed to a warning that also goes to stderr.
 ERROR_TEXT = re.compile(r"Traceback \(most recent call last\)|^\w*(Error|Exception): ",
                         re.MULTILINE)
-
-
-def chromium_executable() -> str | None:
-    """The Chromium to drive: $VAE_COURSE_CHROMIUM, Debian's, or one on the PATH."""
-    override = os.environ.get("VAE_COURSE_CHROMIUM", "").strip()
-    if override:
-        return override
-    if Path(DEFAULT_CHROMIUM).exists():
-        return DEFAULT_CHROMIUM
-    return shutil.which("chromium") or shutil.which("chromium-browser")
 
 
 # --------------------------------------------------------------------------- server
@@ -227,25 +207,12 @@ def lab(tmp_path_factory):
 
 @pytest.fixture
 def page(lab, tmp_path):
-    sync_api = pytest.importorskip(
-        "playwright.sync_api", reason="Playwright's Python package is not installed")
-    executable = chromium_executable()
-    if executable is None or not Path(executable).exists():
-        pytest.skip("no Chromium found: apt-get install chromium, or set "
-                    "VAE_COURSE_CHROMIUM to a Chromium binary")
+    sync_api = chromium_or_skip()
     with sync_api.sync_playwright() as playwright:
-        context = playwright.chromium.launch_persistent_context(
-            user_data_dir=str(tmp_path / "chromium-profile"),
-            executable_path=executable,
-            headless=True,
-            args=CHROMIUM_ARGS,
-            viewport={"width": 1400, "height": 1000},
-            # Crash reports and dconf would otherwise land in the user's home.
-            env={**os.environ, "XDG_CONFIG_HOME": str(tmp_path / "xdg-config"),
-                 "XDG_CACHE_HOME": str(tmp_path / "xdg-cache")},
-        )
+        context = launch(playwright, tmp_path, {"width": 1400, "height": 1000})
+        page = context.pages[0] if context.pages else context.new_page()
         try:
-            yield context.pages[0] if context.pages else context.new_page()
+            yield page
         finally:
             context.close()
             close_sessions(lab)
@@ -455,3 +422,62 @@ def test_lesson_05_latent_explorer_redraws(lab, page, tmp_path):
           f"screenshot: {screenshot}")
     assert after_value != before_value, "the slider's readout did not move"
     assert after_pixels != before_pixels, "the decoded digit looks the same"
+
+
+RISE_STATE_JS = """() => {
+    const reveal = document.querySelector('.reveal');
+    const current = reveal?.querySelector('.slides section.present:not(.stack)')
+        ?? reveal?.querySelector('.slides section.present');
+    const indices = window.Reveal?.getIndices?.() ?? null;
+    return {
+        reveal: !!reveal,
+        ready: !!reveal && reveal.classList.contains('ready'),
+        indices: indices,
+        total: reveal ? reveal.querySelectorAll('.slides section').length : 0,
+        text: current ? current.innerText : '',
+        maths: reveal ? reveal.querySelectorAll('mjx-container, .MathJax').length : 0,
+        raw: reveal ? [...reveal.querySelectorAll('.jp-RenderedMarkdown')]
+            .map(node => node.innerText).filter(text => text.includes('$$')).length : 0,
+    };
+}"""
+
+
+@pytest.mark.timeout(180)
+@lesson_missing("03_elbo.ipynb")
+def test_lesson_03_presents_with_rise(lab, page, tmp_path):
+    """RISE (jupyterlab-rise) presents the live notebook, with no internet."""
+    notebook = "03_elbo.ipynb"
+    outside, failed_requests = block_network(page, page)
+    started = time.monotonic()
+    page.goto(f"{lab.url}/rise/{notebook}?token={lab.token}",
+              wait_until="domcontentloaded", timeout=PAGE_LOAD_S * 1000)
+    page.locator(".reveal .slides section").first.wait_for(timeout=PAGE_LOAD_S * 1000)
+    first = wait_until(lambda: (s := page.evaluate(RISE_STATE_JS))["maths"] and s,
+                       60, "RISE to typeset the maths of the title slide")
+    print(f"\n[browser] RISE {notebook}: {first['total']} sections, "
+          f"{first['maths']} formulas typeset after {time.monotonic() - started:.1f} s")
+    assert first["raw"] == 0, "a Markdown cell still shows raw $$ TeX"
+    assert first["text"].lstrip().startswith("03"), first["text"][:200]
+
+    # Present as a teacher does: run the setup cell in place, then step on.
+    page.locator(".reveal section.present .jp-CodeCell .cm-content").first.click()
+    page.keyboard.press("Shift+Enter")
+    prompt = ".reveal .jp-CodeCell .jp-InputArea-prompt"
+    wait_until(lambda: page.locator(prompt).first.text_content().strip() == "[1]:",
+               90, "the setup cell to run in the slideshow")
+    page.keyboard.press("Escape")
+    page.keyboard.press("ArrowRight")
+    second = wait_until(
+        lambda: (s := page.evaluate(RISE_STATE_JS))["text"] != first["text"] and s,
+        15, "the slideshow to advance")
+    page.screenshot(path=str(tmp_path / "03_rise.png"))
+    assert "derivation" in second["text"].lower(), second["text"][:200]
+    assert second["raw"] == 0, "a Markdown cell still shows raw $$ TeX"
+    assert not outside, f"requests left the machine: {outside[:5]}"
+    # RISE also asks for an optional per-lesson stylesheet, NN_name.css; only
+    # notebooks/rise.css exists, shared by all lessons.
+    optional = f"/files/{Path(notebook).stem}.css "
+    failed = [request for request in failed_requests if optional not in request]
+    assert not failed, f"failed requests: {failed[:5]}"
+    print(f"[browser] RISE advanced to {second['text'].splitlines()[0]!r}, total "
+          f"{time.monotonic() - started:.1f} s")

@@ -1,14 +1,20 @@
 """Every lesson presents as a reveal.js deck (``make slides``).
 
-A teacher presents the committed, executed notebooks as slides. The authors mark
-each cell with ``metadata.slideshow.slide_type`` (CONTRIBUTING.md); these tests
-build each deck with nbconvert's SlidesExporter, as ``make slides`` does, without
-executing anything, and check that the marks add up to a deck worth presenting.
+A teacher presents the committed, executed notebooks as slides, often with no
+internet. The authors mark each cell with ``metadata.slideshow.slide_type``
+(CONTRIBUTING.md); these tests build each deck with nbconvert's SlidesExporter and
+the settings of ``make slides`` (deck/), without executing anything, and check that
+the marks add up to a deck worth presenting. The browser tests open every deck in
+headless Chromium with the network cut off: reveal.js and MathJax must load from the
+copies beside the decks, the maths must be typeset, the arrow keys must move, and
+every slide must fit the 1280x720 screen or scroll.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import re
+import shutil
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -19,6 +25,7 @@ nbconvert = pytest.importorskip("nbconvert")
 
 REPO = Path(__file__).resolve().parents[1]
 LESSONS = sorted((REPO / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+DECK_CONFIG = REPO / "deck" / "jupyter_nbconvert_config.py"
 SLIDE_TYPES = {"slide", "subslide", "fragment", "-", "skip", "notes"}
 MIN_SLIDES = 4
 STDERR_MIME = "application/vnd.jupyter.stderr"
@@ -72,17 +79,36 @@ class DeckParser(HTMLParser):
             self.stderr[-1] += data
 
 
+def package_folder(module: str) -> Path:
+    spec = importlib.util.find_spec(module)
+    if spec is None:
+        pytest.skip(f"{module} is not installed (make install)")
+    return Path(spec.submodule_search_locations[0])
+
+
+def copy_deck_assets(out: Path) -> None:
+    """What ``make slides`` copies beside the decks, from the same packages."""
+    reveal = package_folder("sphinx_revealjs") / "_static" / "revealjs"
+    for part in ("dist", "plugin"):
+        shutil.copytree(reveal / part, out / "reveal.js" / part)
+    shutil.copytree(package_folder("jupyter_server_mathjax") / "static", out / "mathjax")
+
+
 @pytest.fixture(scope="module")
 def build_deck(tmp_path_factory):
     """Build a lesson's deck once per test module; returns the HTML file."""
     from nbconvert import SlidesExporter
+    from traitlets.config.loader import PyFileConfigLoader
 
+    loader = PyFileConfigLoader(DECK_CONFIG.name, path=str(DECK_CONFIG.parent))
+    config = loader.load_config()
     out = tmp_path_factory.mktemp("slides")
+    copy_deck_assets(out)
     built: dict[Path, Path] = {}
 
     def build(lesson: Path) -> Path:
         if lesson not in built:
-            body, _ = SlidesExporter().from_filename(str(lesson))
+            body, _ = SlidesExporter(config=config).from_filename(str(lesson))
             target = out / f"{lesson.stem}.slides.html"
             target.write_text(body, encoding="utf-8")
             built[lesson] = target
@@ -153,3 +179,131 @@ def test_make_slides_renders_without_executing():
     recipe = re.search(r"nbconvert --to slides[^\n]*", text)
     assert recipe, "`make slides` does not call nbconvert --to slides"
     assert "--execute" not in recipe.group(0), "slides render the committed outputs"
+    assert "--config deck/jupyter_nbconvert_config.py" in recipe.group(0), (
+        "`make slides` must build with the offline settings the tests check")
+
+
+@lessons
+def test_deck_loads_nothing_from_the_network(lesson, build_deck):
+    """Every script and stylesheet of the deck is a relative path beside it."""
+    html = build_deck(lesson).read_text(encoding="utf-8")
+    sources = re.findall(r"<(?:script|link)\b[^>]*\b(?:src|href)=[\"']([^\"']+)", html)
+    remote = [url for url in sources if re.match(r"(https?:)?//", url)]
+    assert sources, f"{lesson.name}: the deck loads no script at all"
+    assert not remote, f"{lesson.name}: the deck loads {remote[:3]} from the network"
+    for url in sources:
+        path = build_deck(lesson).parent / url.split("?")[0]
+        assert path.is_file(), f"{lesson.name}: {url} is missing beside the deck"
+
+
+@lessons
+def test_lesson_has_speaker_notes(lesson):
+    """The README promises notes (S); a teacher needs at least one per lesson."""
+    notes = [cell for cell in read(lesson).cells if slide_type(cell) == "notes"]
+    assert notes, f"{lesson.name}: no cell of slide type 'notes'"
+
+
+# ------------------------------------------------------------------------ browser
+
+SCREEN = {"width": 1280, "height": 720}
+TOLERANCE_PX = 2
+
+# Visit every slide and sub-slide; once MathJax has finished with it, measure it.
+MEASURE_JS = """async () => {
+    const mathjaxIdle = () => new Promise(done => MathJax.Hub.Queue(done));
+    await mathjaxIdle();
+    const slides = [];
+    const stacks = Reveal.getHorizontalSlides();
+    for (let h = 0; h < stacks.length; h++) {
+        const inner = stacks[h].querySelectorAll(':scope > section').length || 1;
+        for (let v = 0; v < inner; v++) {
+            Reveal.slide(h, v);
+            await mathjaxIdle();
+            const slide = Reveal.getCurrentSlide();
+            slides.push({
+                where: `${h + 1}.${v + 1}`,
+                title: (slide.querySelector('h1, h2, h3')?.textContent ?? '')
+                    .replace('¶', '').trim().slice(0, 60),
+                height: slide.scrollHeight,
+                visible: slide.clientHeight,
+                overflowY: getComputedStyle(slide).overflowY,
+            });
+        }
+    }
+    return slides;
+}"""
+
+# Markdown text outside MathJax's own <script type="math/tex"> copies of the source.
+MARKDOWN_TEXT_JS = """() => {
+    const texts = [];
+    for (const cell of document.querySelectorAll('.jp-MarkdownOutput')) {
+        const walker = document.createTreeWalker(cell, NodeFilter.SHOW_TEXT);
+        let text = '';
+        while (walker.nextNode()) {
+            if (walker.currentNode.parentElement.closest('script')) continue;
+            text += walker.currentNode.textContent;
+        }
+        texts.push(text);
+    }
+    return {
+        texts: texts,
+        typeset: document.querySelectorAll('.MathJax, .MathJax_Display').length,
+        errors: document.querySelectorAll('.MathJax_Error, merror').length,
+    };
+}"""
+RAW_TEX = re.compile(r"\$\$|\$[^$\s][^$]*\\[a-zA-Z]+[^$]*\$")
+
+
+@pytest.fixture(scope="module")
+def deck_browser(tmp_path_factory):
+    """One headless Chromium, at the size of a 720p projector, for all decks."""
+    from chromium import chromium_or_skip, launch
+
+    sync_api = chromium_or_skip()
+    with sync_api.sync_playwright() as playwright:
+        context = launch(playwright, tmp_path_factory.mktemp("chromium"), SCREEN)
+        try:
+            yield context
+        finally:
+            context.close()
+
+
+@pytest.mark.browser
+@pytest.mark.timeout(180)
+@lessons
+def test_deck_presents_offline_and_fits_the_screen(lesson, build_deck, deck_browser):
+    from chromium import block_network
+
+    deck = build_deck(lesson)
+    page = deck_browser.new_page()
+    outside, failed = block_network(page, page)
+    try:
+        page.goto(deck.as_uri(), wait_until="load", timeout=60_000)
+        page.wait_for_function("window.Reveal && Reveal.isReady()", timeout=30_000)
+        page.wait_for_function("window.MathJax && MathJax.isReady", timeout=60_000)
+        page.keyboard.press("ArrowRight")
+        moved = page.evaluate("Reveal.getIndices().h")
+        slides = page.evaluate(MEASURE_JS)
+        maths = page.evaluate(MARKDOWN_TEXT_JS)
+    finally:
+        page.close()
+
+    assert not outside, f"{lesson.name}: requests left the machine: {outside[:3]}"
+    # Chromium's own blank page before the deck is not a request of the deck.
+    failed = [request for request in failed if not request.startswith("about:")]
+    assert not failed, f"{lesson.name}: failed requests: {failed[:3]}"
+    assert moved == 1, f"{lesson.name}: → did not move to the second slide"
+    raw = [text[:120] for text in maths["texts"] if RAW_TEX.search(text)]
+    assert not raw, f"{lesson.name}: TeX left untypeset: {raw[:3]}"
+    assert maths["errors"] == 0, f"{lesson.name}: {maths['errors']} MathJax errors"
+    has_tex = any("$" in "".join(cell.source) for cell in read(lesson).cells
+                  if cell.cell_type == "markdown")
+    assert maths["typeset"] > 0 or not has_tex, f"{lesson.name}: no formula typeset"
+
+    tall = [s for s in slides if s["height"] > s["visible"] + TOLERANCE_PX]
+    cut = [s for s in tall if s["overflowY"] not in ("auto", "scroll")]
+    scrolling = ", ".join(f"{s['where']} {s['height']}px" for s in tall) or "none"
+    print(f"\n[slides] {lesson.stem}: {len(slides)} slides, {len(tall)} scroll "
+          f"({scrolling})")
+    assert not cut, (f"{lesson.name}: slides taller than the screen that cannot "
+                     f"scroll: {[(s['where'], s['title'], s['height']) for s in cut]}")

@@ -257,14 +257,34 @@ def course_checkpoint(name: str) -> Path:
     return folder / f"{name}.pt"
 
 
+def trained_checkpoint(name: str) -> Path:
+    """Where a lesson saves a model it trains itself: ``runs/NAME.pt``.
+
+    ``runs/`` is ignored by git, so running a lesson never rewrites a committed file
+    (the models in ``checkpoints/`` are inputs only) and a learner's next
+    ``git pull`` cannot conflict with it. ``VAE_COURSE_RUNS`` moves the folder
+    (``make course`` points it into ``build/``); the smoke switch uses its
+    ``smoke/`` subfolder, which ``make test`` empties first.
+    """
+    folder = Path(os.environ.get("VAE_COURSE_RUNS") or REPO_ROOT / "runs")
+    if smoke_test():
+        folder = folder / "smoke"
+    return folder / f"{name}.pt"
+
+
 def load_or_train(name: str, train, device=None):
     """Load the course model ``name``, or call ``train()`` and save what it returns.
 
     ``train`` takes no arguments and returns ``(model, history)``. The result is
-    ``(model, payload)`` as from :func:`load_checkpoint`.
+    ``(model, payload)`` as from :func:`load_checkpoint`. The model the learner
+    trained (:func:`trained_checkpoint`, say by running lesson 04) comes first, then
+    the committed one (:func:`course_checkpoint`), which is only read; a model
+    trained here is saved under ``runs/``, never over a committed file.
     """
-    path = course_checkpoint(name)
-    if not path.exists():
-        model, history = train()
-        save_checkpoint(path, model, history=history)
-    return load_checkpoint(path, device)
+    trained = trained_checkpoint(name)
+    for path in (trained, course_checkpoint(name)):
+        if path.exists():
+            return load_checkpoint(path, device)
+    model, history = train()
+    save_checkpoint(trained, model, history=history)
+    return load_checkpoint(trained, device)
