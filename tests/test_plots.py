@@ -386,3 +386,8 @@ def test_plot_history_labels_every_panel_and_names_the_model():
 def test_titled_prefixes_the_model_name_only_when_given():
     assert plots.titled("samples") == "samples"
     assert plots.titled("samples", "β = 4") == "β = 4: samples"
+
+
+def test_manifold_with_an_even_grid_ticks_only_its_ends():
+    figure = plots.plot_manifold(model(latent_dim=2), n=4)
+    assert list(figure.axes[0].get_xticks()) == [16, 16 + 3 * TILE]

@@ -114,8 +114,9 @@ def manifold_codes(n: int = 20, low: float = 0.05, high: float = 0.95) -> torch.
 def plot_manifold(model: VAE, n: int = 20, model_name: str | None = None):
     """Decode a grid of quantiles of a 2-D latent space into one picture.
 
-    The axes stay on, with ticks at the first, middle and last tile giving the code
-    there, so that the picture reads as a map of (z1, z2).
+    The axes stay on, with ticks at the first and last tile (and the middle one when
+    n is odd, where the code is 0) giving the code there, so that the picture reads
+    as a map of (z1, z2).
     """
     if model.latent_dim != 2:
         raise ValueError(f"the manifold needs a 2-D latent space; this model has "
@@ -127,7 +128,7 @@ def plot_manifold(model: VAE, n: int = 20, model_name: str | None = None):
     fig.set_size_inches(7, 7.4)
     ax = fig.axes[0]
     ax.set_axis_on()
-    picked = sorted({0, n // 2, n - 1})
+    picked = sorted({0, n - 1} | ({n // 2} if n % 2 else set()))
     centres = [2 + index * 30 + 14 for index in picked]  # 28-pixel tiles, 2 padding
     ax.set_xticks(centres, [f"{codes[i, 0]:.2f}" for i in picked])
     ax.set_yticks(centres, [f"{codes[i * n, 1]:.2f}" for i in picked])
