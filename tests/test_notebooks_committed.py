@@ -140,3 +140,68 @@ def test_lesson_checks_enough_outputs(path):
         f"at least {MIN_CHECKED_CELLS} wanted")
     silent = [cell.source.splitlines()[:1] for cell in checked if not cell.outputs]
     assert not silent, f"{relative(path)}: checked cells with no output: {silent}"
+
+
+MAX_CODE_LINES = 20  # CONTRIBUTING.md asks for about 15; this is the hard limit
+
+
+@pytest.mark.parametrize("path", ALL, ids=relative)
+def test_code_cells_stay_short(path):
+    long_cells = [(index, len(cell.source.splitlines()))
+                  for index, cell in enumerate(read(path).cells)
+                  if cell.cell_type == "code"
+                  and len(cell.source.splitlines()) > MAX_CODE_LINES]
+    assert not long_cells, (
+        f"{relative(path)}: code cells (index, lines) {long_cells} are longer than "
+        f"{MAX_CODE_LINES} lines; split them where a reader would pause")
+
+
+# A static look at the code of figure cells, not at the pictures: a cell that draws
+# with matplotlib itself must say what its axes are. Cells that only call a
+# vc.plots helper never match (the helpers are tested in test_plots.py).
+DRAWS_DATA = re.compile(r"\.(plot|bar|barh|scatter|contourf?|hist|loglog|semilogx|"
+                        r"semilogy|pcolormesh|errorbar|fill_between)\(")
+DRAWS_IMAGE = re.compile(r"\.imshow\(")
+COLOUR_CARRIES_A_VALUE = re.compile(r"\.(contourf|pcolormesh)\(|\.scatter\([^)]*\bc=",
+                                    re.DOTALL)
+NAMES_AN_IMAGE = re.compile(r"title|set_axis_off\(|axis\(\s*[\"']off")
+
+
+def figure_problems(source: str) -> list[str]:
+    """What a figure-drawing cell leaves unlabelled (empty when all is named)."""
+    code = "\n".join(line for line in source.splitlines()
+                     if not line.lstrip().startswith("#"))
+    problems = []
+    if DRAWS_DATA.search(code):
+        problems += [f"no {axis}" for axis in ("xlabel", "ylabel") if axis not in code]
+    if DRAWS_IMAGE.search(code) and not NAMES_AN_IMAGE.search(code):
+        problems.append("an image with neither a title nor its axes turned off")
+    if COLOUR_CARRIES_A_VALUE.search(code) and "colorbar(" not in code:
+        problems.append("colour carries a value but there is no colour bar")
+    return problems
+
+
+@pytest.mark.parametrize(("source", "expected"), [
+    ("fig, ax = plt.subplots()\nax.plot(x, y)", ["no xlabel", "no ylabel"]),
+    ("ax.plot(x, y)\nax.set_xlabel('epoch')\n# ax.set_ylabel('nats')", ["no ylabel"]),
+    ("ax.plot(x, y)\nax.set(xlabel='epoch', ylabel='nats')", []),
+    ("ax.imshow(grid)", ["an image with neither a title nor its axes turned off"]),
+    ("ax.imshow(grid)\nax.axis('off')", []),
+    ("ax.contourf(a, b, c)\nax.set_xlabel('mu')\nax.set_ylabel('logvar')",
+     ["colour carries a value but there is no colour bar"]),
+    ("ax.scatter(x, y,\n           c=labels)\nfig.colorbar(s)\nax.set_xlabel('z1')\n"
+     "ax.set_ylabel('z2')", []),
+    ("vc.plots.plot_latent_scatter(model, images, labels);", []),
+])
+def test_figure_check_sees_what_is_missing(source, expected):
+    assert figure_problems(source) == expected
+
+
+@pytest.mark.parametrize("path", ALL, ids=relative)
+def test_figure_cells_label_what_they_draw(path):
+    unlabelled = {index: problems for index, cell in enumerate(read(path).cells)
+                  if cell.cell_type == "code"
+                  and (problems := figure_problems(cell.source))}
+    assert not unlabelled, (
+        f"{relative(path)}: figure cells {unlabelled}; label both axes with their "
+        f"units, give images a title, and add a colour bar where colour is a value")

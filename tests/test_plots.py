@@ -281,3 +281,113 @@ def test_plot_history_of_a_single_term():
     figure = plots.plot_history(history(), terms=("kl",))
     assert len(figure.axes) == 1
     assert len(figure.axes[0].get_lines()) == 2
+
+
+# --- figures a reader can read ------------------------------------------------
+# Every helper labels what it draws: plots name both axes, image grids (no axes to
+# label) carry a title, colour that encodes a value comes with a colour bar, and a
+# model's name passed in reaches the title.
+
+NAME = "the test model"
+
+
+def labelled(ax):
+    return bool(ax.get_xlabel().strip()) and bool(ax.get_ylabel().strip())
+
+
+def titles(figure):
+    suptitle = figure._suptitle.get_text() if figure._suptitle else ""
+    return [suptitle] + [ax.get_title() for ax in figure.axes]
+
+
+def colour_bars(figure):
+    """Axes that hold a colour bar (matplotlib marks them with ``_colorbar``)."""
+    return [ax for ax in figure.axes if getattr(ax, "_colorbar", None) is not None]
+
+
+def image_grid_figures(images):
+    vae = model(latent_dim=2)
+    return {
+        "samples": plots.plot_samples(vae, n=4, nrow=2, model_name=NAME),
+        "reconstructions": plots.plot_reconstructions(vae, images, n=3,
+                                                      model_name=NAME),
+        "interpolation": plots.plot_interpolation(vae, images[0], images[1], steps=3,
+                                                  model_name=NAME),
+    }
+
+
+@pytest.mark.parametrize("kind", ["samples", "reconstructions", "interpolation"])
+def test_image_grid_helpers_have_a_title_naming_the_model(images, kind):
+    figure = image_grid_figures(images)[kind]
+    (ax,) = figure.axes
+    assert NAME in ax.get_title()
+    assert ax.get_title() != NAME  # the name, and what the tiles are
+
+
+def test_image_grid_titles_without_a_model_name_still_say_what_they_show(images):
+    vae = model(latent_dim=2)
+    figure = plots.plot_samples(vae, n=4, nrow=2)
+    assert figure.axes[0].get_title() == "samples from the prior"
+
+
+def test_interpolations_of_different_models_have_different_titles(images):
+    small, large = model(latent_dim=2), model(latent_dim=5)
+    first = plots.plot_interpolation(small, images[0], images[1], steps=3)
+    second = plots.plot_interpolation(large, images[0], images[1], steps=3)
+    assert first.axes[0].get_title() != second.axes[0].get_title()
+    assert "2-D" in first.axes[0].get_title() and "5-D" in second.axes[0].get_title()
+
+
+@pytest.mark.parametrize(("latent_dim", "x_words"), [(2, "z₁"),
+                                                     (5, "principal component 1")])
+def test_latent_scatter_labels_its_axes_and_colour_bar(images, latent_dim, x_words):
+    vae = model(latent_dim=latent_dim)
+    figure = plots.plot_latent_scatter(vae, images, torch.arange(20) % 10,
+                                       model_name=NAME)
+    ax = figure.axes[0]
+    assert labelled(ax)
+    assert x_words in ax.get_xlabel()
+    assert NAME in ax.get_title()
+    (bar,) = colour_bars(figure)
+    assert bar._colorbar.ax.get_ylabel() == "digit"
+
+
+def test_latent_scatter_colour_bar_names_the_label_kind(images):
+    figure = plots.plot_latent_scatter(model(), images, torch.arange(20) % 10,
+                                       label_name="class")
+    (bar,) = colour_bars(figure)
+    assert bar._colorbar.ax.get_ylabel() == "class"
+
+
+def test_manifold_labels_its_axes_with_the_codes():
+    vae = model(latent_dim=2)
+    figure = plots.plot_manifold(vae, n=5, model_name=NAME)
+    (ax,) = figure.axes
+    assert ax.axison and labelled(ax)
+    assert "z₁" in ax.get_xlabel() and "z₂" in ax.get_ylabel()
+    assert NAME in ax.get_title()
+    codes = plots.manifold_codes(5).tolist()
+    x_ticks = [float(t.get_text()) for t in ax.get_xticklabels()]
+    y_ticks = [float(t.get_text()) for t in ax.get_yticklabels()]
+    assert x_ticks == pytest.approx([codes[i][0] for i in (0, 2, 4)], abs=0.01)
+    assert y_ticks == pytest.approx([codes[i][1] for i in (0, 10, 20)], abs=0.01)
+    # each tick sits at the centre of its tile
+    assert list(ax.get_xticks()) == [16, 16 + 2 * TILE, 16 + 4 * TILE]
+
+
+def test_plot_history_labels_every_panel_and_names_the_model():
+    figure = plots.plot_history(history(), terms=("loss", "kl"), model_name=NAME)
+    for ax in figure.axes:
+        assert labelled(ax)
+        assert ax.get_ylabel() == "nats per image"
+    assert NAME in titles(figure)
+
+
+def test_titled_prefixes_the_model_name_only_when_given():
+    assert plots.titled("samples") == "samples"
+    assert plots.titled("samples", "β = 4") == "β = 4: samples"
+
+
+def test_manifold_with_an_even_grid_ticks_only_its_ends():
+    figure = plots.plot_manifold(model(latent_dim=2), n=4)
+    assert list(figure.axes[0].get_xticks()) == [16, 16 + 3 * TILE]

@@ -1,7 +1,10 @@
 """Pictures of a VAE: image grids, samples, reconstructions, the latent space, curves.
 
 Every function returns the matplotlib figure it drew (end a notebook line with ``;``
-so that Jupyter shows it once).
+so that Jupyter shows it once). The helpers that draw a model take ``model_name``,
+which goes into the title: a reader comparing two figures must see which model drew
+each. Plots label both axes with their units; image grids have no axes to label, so
+their title says what the tiles are.
 """
 
 from __future__ import annotations
@@ -14,6 +17,13 @@ from torch.distributions import Normal
 from torchvision.utils import make_grid
 
 from .models import VAE
+
+NATS = "nats per image"
+
+
+def titled(text: str, model_name: str | None = None) -> str:
+    """``text``, prefixed with the model's name when one is given."""
+    return f"{model_name}: {text}" if model_name else text
 
 
 def image_grid(images: torch.Tensor, nrow: int = 10, padding: int = 2) -> torch.Tensor:
@@ -34,17 +44,20 @@ def show_images(images: torch.Tensor, nrow: int = 10, title: str | None = None,
     return ax.figure
 
 
-def plot_samples(model: VAE, n: int = 64, nrow: int = 8, seed: int = 0):
+def plot_samples(model: VAE, n: int = 64, nrow: int = 8, seed: int = 0,
+                 model_name: str | None = None):
     """Pixel means decoded from ``n`` codes drawn from the prior."""
     images = model.sample(n, generator=torch.Generator().manual_seed(seed))
-    return show_images(images, nrow, title="samples from the prior")
+    return show_images(images, nrow, title=titled("samples from the prior", model_name))
 
 
-def plot_reconstructions(model: VAE, images: torch.Tensor, n: int = 10):
+def plot_reconstructions(model: VAE, images: torch.Tensor, n: int = 10,
+                         model_name: str | None = None):
     """Originals on the top row, their reconstructions below."""
     originals = images[:n].to(model.device)
     both = torch.cat([originals, model.reconstruct(originals)])  # (2n, 784)
-    return show_images(both, nrow=n, title="originals (top) and reconstructions")
+    title = titled("originals (top) and reconstructions (bottom)", model_name)
+    return show_images(both, nrow=n, title=title)
 
 
 @torch.no_grad()
@@ -64,7 +77,8 @@ def project_2d(codes: torch.Tensor) -> torch.Tensor:
     return centred @ directions[:2].T  # (N, 2)
 
 
-def plot_latent_scatter(model: VAE, images: torch.Tensor, labels: torch.Tensor, ax=None):
+def plot_latent_scatter(model: VAE, images: torch.Tensor, labels: torch.Tensor, ax=None,
+                        model_name: str | None = None, label_name: str = "digit"):
     """Posterior means coloured by label (projected by PCA when latent_dim > 2)."""
     points = project_2d(latent_means(model, images)).numpy()
     if ax is None:
@@ -72,9 +86,16 @@ def plot_latent_scatter(model: VAE, images: torch.Tensor, labels: torch.Tensor, 
     colours = torch.as_tensor(labels).numpy()
     scatter = ax.scatter(points[:, 0], points[:, 1], c=colours, cmap="tab10", s=3,
                          vmin=-0.5, vmax=9.5)
-    ax.figure.colorbar(scatter, ax=ax, ticks=range(10), label="digit")
-    kind = "latent means" if model.latent_dim <= 2 else "first two principal components"
-    ax.set_title(f"test set, {kind}")
+    ax.figure.colorbar(scatter, ax=ax, ticks=range(10), label=label_name)
+    if model.latent_dim <= 2:
+        kind = "latent means"
+        ax.set_xlabel("latent unit z₁ (posterior mean)")
+        ax.set_ylabel("latent unit z₂ (posterior mean)")
+    else:
+        kind = f"first two principal components of {model.latent_dim}-D latent means"
+        ax.set_xlabel("principal component 1 of the latent means")
+        ax.set_ylabel("principal component 2 of the latent means")
+    ax.set_title(titled(f"test set, {kind}", model_name))
     return ax.figure
 
 
@@ -90,14 +111,29 @@ def manifold_codes(n: int = 20, low: float = 0.05, high: float = 0.95) -> torch.
 
 
 @torch.no_grad()
-def plot_manifold(model: VAE, n: int = 20):
-    """Decode a grid of quantiles of a 2-D latent space into one picture."""
+def plot_manifold(model: VAE, n: int = 20, model_name: str | None = None):
+    """Decode a grid of quantiles of a 2-D latent space into one picture.
+
+    The axes stay on, with ticks at the first and last tile (and the middle one when
+    n is odd, where the code is 0) giving the code there, so that the picture reads
+    as a map of (z1, z2).
+    """
     if model.latent_dim != 2:
         raise ValueError(f"the manifold needs a 2-D latent space; this model has "
                          f"{model.latent_dim}")
-    images = model.decode(manifold_codes(n).to(model.device)).mean
-    fig = show_images(images, nrow=n, title="decoded grid of N(0, 1) quantiles")
-    fig.set_size_inches(7, 7)
+    codes = manifold_codes(n)
+    images = model.decode(codes.to(model.device)).mean
+    title = titled("decoded grid of N(0, 1) quantiles", model_name)
+    fig = show_images(images, nrow=n, title=title)
+    fig.set_size_inches(7, 7.4)
+    ax = fig.axes[0]
+    ax.set_axis_on()
+    picked = sorted({0, n - 1} | ({n // 2} if n % 2 else set()))
+    centres = [2 + index * 30 + 14 for index in picked]  # 28-pixel tiles, 2 padding
+    ax.set_xticks(centres, [f"{codes[i, 0]:.2f}" for i in picked])
+    ax.set_yticks(centres, [f"{codes[i * n, 1]:.2f}" for i in picked])
+    ax.set_xlabel("latent unit z₁")
+    ax.set_ylabel("latent unit z₂")
     return fig
 
 
@@ -111,15 +147,19 @@ def interpolate(model: VAE, image_a: torch.Tensor, image_b: torch.Tensor,
     return model.decode((1 - weights) * start + weights * end).mean  # (steps, 784)
 
 
-def plot_interpolation(model: VAE, image_a, image_b, steps: int = 10):
+def plot_interpolation(model: VAE, image_a, image_b, steps: int = 10,
+                       model_name: str | None = None):
     """The two originals at the ends, the decoded path between them inside."""
     path = interpolate(model, image_a, image_b, steps)
     ends = [image.reshape(1, -1).to(path) for image in (image_a, image_b)]
     row = torch.cat([ends[0], path, ends[1]])  # (steps + 2, 784)
-    return show_images(row, nrow=steps + 2, title="interpolation in latent space")
+    title = titled(f"interpolation in its {model.latent_dim}-D latent space "
+                   "(originals at the ends)", model_name)
+    return show_images(row, nrow=steps + 2, title=title)
 
 
-def plot_history(history, terms=("loss", "reconstruction", "entropy", "cross_entropy")):
+def plot_history(history, terms=("loss", "reconstruction", "entropy", "cross_entropy"),
+                 model_name: str | None = None):
     """One panel per term: train and (when present) test, per epoch, in nats."""
     fig, axes = plt.subplots(1, len(terms), figsize=(3.6 * len(terms), 3), squeeze=False)
     axes = axes[0]
@@ -131,8 +171,11 @@ def plot_history(history, terms=("loss", "reconstruction", "entropy", "cross_ent
                 ax.plot(epochs, history.column(key), marker=".", label=split)
         ax.set_title(term.replace("_", "-"))
         ax.set_xlabel("epoch")
+        # Each panel has its own scale, so each says its unit.
+        ax.set_ylabel(NATS)
         ax.legend()
-    axes[0].set_ylabel("nats per image")
+    if model_name:
+        fig.suptitle(model_name)
     fig.tight_layout()
     return fig
 
