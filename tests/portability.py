@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import configparser
+import itertools
 import os
 import re
 import sys
@@ -128,10 +129,13 @@ def execute(path: Path, capability: str, threads: int) -> nbformat.NotebookNode:
 
 
 def first_difference(left: str, right: str) -> str:
-    for a, b in zip(left.splitlines(), right.splitlines(), strict=False):
+    """The first line where two outputs part, as nbval would show it."""
+    pairs = itertools.zip_longest(left.splitlines(), right.splitlines(),
+                                  fillvalue="(no line)")
+    for a, b in pairs:
         if a != b:
             return f"- {a}\n      + {b}"
-    return f"- {left[-200:]!r}\n      + {right[-200:]!r}"
+    return f"- {left!r}\n      + {right!r}"
 
 
 def main(argv=None) -> int:
