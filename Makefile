@@ -2,6 +2,7 @@
 #
 #   make lab       install (once) and open the lessons in JupyterLab
 #   make test      install (once), then ruff, the unit tests and every notebook (nbval)
+#   make test-portable   every notebook under nbval again, on other CPU kernels
 #   make course    execute every notebook into build/notebooks/, HTML into build/html/
 #   make notebook NB=notebooks/01_distributions.ipynb   execute one notebook in place
 #   make slides    one reveal.js deck per lesson into build/slides/ (no execution)
@@ -41,12 +42,13 @@ EXECUTE := $(JUPYTER) nbconvert --to notebook --execute \
 	--ExecutePreprocessor.timeout=$(CELL_TIMEOUT) \
 	--ExecutePreprocessor.kernel_name=python3
 
-.PHONY: help install lab test course notebook checkpoints benchmark reference clean \
+.PHONY: help install lab test test-portable course notebook checkpoints benchmark reference clean \
 	distclean
 
 help:
 	@echo "make lab       install (once) and open the lessons in JupyterLab"
 	@echo "make test      ruff, unit tests and every notebook under nbval (smoke budgets)"
+	@echo "make test-portable  the notebooks under nbval on other CPU kernels, 1 thread"
 	@echo "make course    execute every notebook into build/, render HTML (SMOKE=1: small)"
 	@echo "make notebook NB=notebooks/NN_name.ipynb   execute one notebook in place"
 	@echo "make slides    one reveal.js deck per lesson into build/slides/"
@@ -77,6 +79,16 @@ test: $(STAMP)
 	$(BIN)/ruff check .
 	rm -rf runs/smoke
 	VAE_COURSE_SMOKE=1 $(BIN)/python -m pytest $(NBVAL_FLAGS) tests notebooks
+
+# The checked outputs must not depend on the CPU. PyTorch, MKL and oneDNN pick their
+# kernels from the processor and each sums floats in its own order, so this runs the
+# notebooks again on a kernel level unlike this machine's own (the plain C++ kernels)
+# and one thread; tests/portability.py prints the variables and compares every level.
+test-portable: $(STAMP)
+	rm -rf runs/smoke
+	@setting="$$($(BIN)/python tests/portability.py --environment)" && \
+	echo "nbval under $$setting" && \
+	env $$setting VAE_COURSE_SMOKE=1 $(BIN)/python -m pytest $(NBVAL_FLAGS) notebooks
 
 course: $(HTML)
 

@@ -11,7 +11,13 @@ import torch.nn.functional as F
 
 from vae_course.distributions import GreyPixelsError
 from vae_course.elbo import elbo_terms
-from vae_course.evaluate import evaluate_elbo, importance_weighted_log_likelihood
+from vae_course.evaluate import (
+    ACTIVE_THRESHOLD,
+    active_units,
+    evaluate_elbo,
+    importance_weighted_log_likelihood,
+    unit_activity,
+)
 from vae_course.models import build_vae
 from vae_course.train import fit
 
@@ -369,3 +375,37 @@ def test_huge_logits_are_scored_exactly():
         logits=model.decoder[-1].bias.double()).log_prob(x.double()).sum(-1)
     estimate = importance_weighted_log_likelihood(model, x, num_samples=4)
     torch.testing.assert_close(estimate.double(), exact, rtol=1e-6, atol=1e-3)
+
+
+# --- active units -------------------------------------------------------------
+
+def alternating_means(amplitudes, offsets, num_images=4):
+    """Posterior means where unit d is offsets[d] +/- amplitudes[d], image by image.
+
+    With an even number of images the mean of unit d is offsets[d], and its variance
+    with Bessel's correction is amplitudes[d]**2 * n / (n - 1).
+    """
+    signs = torch.tensor([(-1.0) ** i for i in range(num_images)])[:, None]
+    return torch.tensor(offsets) + signs * torch.tensor(amplitudes)  # (n, units)
+
+
+def test_active_units_counts_units_whose_mean_varies_over_images():
+    # A large swing; a constant far from 0 (inactive: it is the spread that
+    # counts, not the size); just under and just over the 0.01 threshold; and 0.09,
+    # active only with Bessel's correction (0.0108, against 0.0081 without).
+    amplitudes = [1.0, 0.0, 0.08, 0.1, 0.09]
+    means = alternating_means(amplitudes, offsets=[0.0, 5.0, -1.0, 2.0, 0.0])
+    expected = torch.tensor([a * a * 4 / 3 for a in amplitudes], dtype=torch.float64)
+    assert torch.allclose(unit_activity(means), expected, rtol=1e-6, atol=1e-12)
+    assert active_units(means).tolist() == [True, False, False, True, True]
+    assert int(active_units(means).sum()) == 3
+    assert ACTIVE_THRESHOLD == 0.01
+    assert active_units(means, threshold=0.5).tolist() == [True, False, False, False,
+                                                            False]
+
+
+def test_unit_activity_needs_a_matrix_of_at_least_two_images():
+    with pytest.raises(ValueError, match="num_images, latent_dim"):
+        unit_activity(torch.zeros(5))
+    with pytest.raises(ValueError, match="at least two images"):
+        unit_activity(torch.zeros(1, 3))

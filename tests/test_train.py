@@ -438,3 +438,119 @@ def test_divergence_is_found_at_its_step_between_two_looks(data):
             fit(model, images, num_epochs=2, batch_size=4, progress=False)
     finally:
         handle.remove()
+
+
+# --- what fit optimises and what it reports ------------------------------------
+
+def record_training_batches(model):
+    """Wrap ``model.encode`` to keep a copy of every batch it sees while training."""
+    batches = []
+    encode = model.encode
+
+    def recording_encode(x):
+        if model.training:
+            batches.append(x.detach().clone())
+        return encode(x)
+
+    model.encode = recording_encode
+    return batches
+
+
+def record_training_losses(monkeypatch):
+    """Record the KL weight and the ELBO of every step fit takes.
+
+    fit's loop calls ``negative_elbo`` once per optimizer step; the wrapper passes
+    everything through unchanged.
+    """
+    import vae_course.train
+
+    steps = []
+    real_negative_elbo = vae_course.train.negative_elbo
+
+    def recording(model, x, beta=1.0, **kwargs):
+        loss, terms = real_negative_elbo(model, x, beta=beta, **kwargs)
+        steps.append({"beta": beta, "images": len(x),
+                      "elbo_sum": terms["elbo"].detach().sum().item()})
+        return loss, terms
+
+    monkeypatch.setattr(vae_course.train, "negative_elbo", recording)
+    return steps
+
+
+def binary_rows(batches):
+    return sorted(tuple(row.tolist()) for batch in batches for row in batch)
+
+
+def test_every_batch_gets_a_fresh_binarization(data):
+    model = tiny_model()
+    batches = record_training_batches(model)
+    # One batch holds the whole training set, so each epoch sees every image once.
+    train(model, data, num_epochs=2, batch_size=len(data[0]))
+    assert len(batches) == 2
+    for batch in batches:
+        assert set(batch.unique().tolist()) <= {0.0, 1.0}
+    # Had the images been binarized once, epoch 2 would show the same binary images
+    # in another order.
+    first, second = binary_rows(batches[:1]), binary_rows(batches[1:])
+    assert first != second
+    # Each is a draw from the grey images: pixel by pixel, the share of ink over the
+    # 256 images is close to the mean grey level.
+    grey_mean = data[0].mean(0)
+    for batch in batches:
+        assert (batch.mean(0) - grey_mean).abs().max() < 0.2
+
+
+def test_warm_up_reaches_beta_after_warmup_epochs_and_fit_uses_it(data, monkeypatch):
+    steps = record_training_losses(monkeypatch)
+    beta, warmup_epochs, steps_per_epoch = 4.0, 2, 4  # 256 images, batches of 64
+    train(tiny_model(), data, num_epochs=4, beta=beta, warmup_epochs=warmup_epochs)
+    weights = [step["beta"] for step in steps]
+    warmup_steps = warmup_epochs * steps_per_epoch
+    assert len(weights) == 4 * steps_per_epoch
+    # Linear from beta / T at step 1 to exactly beta at step T, then beta.
+    for step, weight in enumerate(weights[:warmup_steps], start=1):
+        assert weight == pytest.approx(beta * step / warmup_steps, rel=1e-12)
+    assert weights[warmup_steps - 1] == beta
+    assert weights[warmup_steps:] == [beta] * (len(weights) - warmup_steps)
+
+
+def test_without_warm_up_every_step_uses_beta(data, monkeypatch):
+    steps = record_training_losses(monkeypatch)
+    train(tiny_model(), data, num_epochs=2, beta=0.5)
+    assert [step["beta"] for step in steps] == [0.5] * 8
+
+
+@pytest.mark.parametrize(("beta", "warmup_epochs"), [(0.0, 0), (4.0, 0), (1.0, 3)])
+def test_history_reports_the_true_elbo_whatever_is_optimised(data, monkeypatch, beta,
+                                                              warmup_epochs):
+    steps = record_training_losses(monkeypatch)
+    model = tiny_model()
+    history = train(model, data, num_epochs=2, beta=beta, warmup_epochs=warmup_epochs,
+                    seed=5)
+    last = history.rows[-1]
+    # Train: the mean -ELBO (beta = 1) of the last epoch's steps, image-weighted.
+    last_epoch = steps[len(steps) // 2:]
+    true_train = -sum(s["elbo_sum"] for s in last_epoch) / len(data[0])
+    assert last["train_loss"] == pytest.approx(true_train, rel=1e-6)
+    # Test: the closed-form terms match an independent evaluation exactly ...
+    reference = evaluate_elbo(model, data[1], seed=5)
+    for name in ("entropy", "cross_entropy", "kl"):
+        assert last[f"test_{name}"] == pytest.approx(reference[name], rel=1e-5)
+    assert last["test_loss"] == pytest.approx(-last["test_reconstruction"]
+                                              + last["test_kl"], rel=1e-6)
+    # ... and the one-draw reconstruction agrees with a 200-draw estimate within
+    # 4 standard errors.
+    from vae_course.elbo import elbo_terms
+    from vae_course.train import fixed_test_images
+
+    test_binary = fixed_test_images(data[1], binarize=True, seed=5)
+    with torch.no_grad():
+        draws = torch.stack([elbo_terms(model, test_binary)["reconstruction"]
+                             for _ in range(200)])  # (200, 64)
+    standard_error = draws.std(0).pow(2).mean().sqrt().item() / len(data[1]) ** 0.5
+    accurate = -draws.mean().item() + reference["kl"]
+    assert last["test_loss"] == pytest.approx(accurate, abs=4 * standard_error)
+    # The checks above can tell: a loss weighted by the last step's beta would be off
+    # by far more than their tolerance.
+    weight = beta if warmup_epochs == 0 else beta * min(1.0, 8 / (warmup_epochs * 4))
+    assert abs(1 - weight) * reference["kl"] > 1e-3 * abs(last["test_loss"])

@@ -156,3 +156,32 @@ def _log_likelihood(kind, logits, x):
         return matched - normalizer
     with unvalidated_distributions():  # check_pixels has seen these pixels
         return likelihood_from_logits(logits, kind).log_prob(x[:, None])
+
+
+# Burda et al. (2016) call a latent unit active when its activity exceeds this.
+ACTIVE_THRESHOLD = 1e-2
+
+
+def unit_activity(means: torch.Tensor) -> torch.Tensor:
+    r"""Burda et al.'s activity of each unit: :math:`A_d = \mathrm{Cov}_x(E_q[z_d])`.
+
+    ``means`` holds the posterior mean of every image, (num_images, latent_dim), as
+    :func:`vae_course.plots.latent_means` returns them; the result is the variance
+    over images of each column (with Bessel's correction), (latent_dim,). It is
+    computed in float64 so that a unit near the threshold is counted the same way
+    on every CPU.
+    """
+    if means.dim() != 2 or len(means) < 2:
+        raise ValueError("means must have shape (num_images, latent_dim) with at least "
+                         f"two images; got {tuple(means.shape)}")
+    return means.double().var(dim=0)
+
+
+def active_units(means: torch.Tensor,
+                 threshold: float = ACTIVE_THRESHOLD) -> torch.Tensor:
+    """Which latent units are active: ``unit_activity(means) > threshold``.
+
+    Returns a (latent_dim,) boolean tensor; ``.sum()`` of it is the number of active
+    units that Burda et al. report.
+    """
+    return unit_activity(means) > threshold
