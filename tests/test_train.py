@@ -459,13 +459,13 @@ def record_training_batches(model):
 def record_training_losses(monkeypatch):
     """Record the KL weight and the ELBO of every step fit takes.
 
-    fit's loop calls ``negative_elbo`` once per optimizer step; the wrapper passes
-    everything through unchanged.
+    fit's loop calls ``negative_elbo_of_checked_pixels`` once per optimizer step;
+    the wrapper passes everything through unchanged.
     """
     import vae_course.train
 
     steps = []
-    real_negative_elbo = vae_course.train.negative_elbo
+    real_negative_elbo = vae_course.train.negative_elbo_of_checked_pixels
 
     def recording(model, x, beta=1.0, **kwargs):
         loss, terms = real_negative_elbo(model, x, beta=beta, **kwargs)
@@ -473,7 +473,7 @@ def record_training_losses(monkeypatch):
                       "elbo_sum": terms["elbo"].detach().sum().item()})
         return loss, terms
 
-    monkeypatch.setattr(vae_course.train, "negative_elbo", recording)
+    monkeypatch.setattr(vae_course.train, "negative_elbo_of_checked_pixels", recording)
     return steps
 
 
