@@ -599,7 +599,8 @@ def _check_negative_elbo(fn, model, images, num_calls, report) -> bool:
         what = f"its average over {num_calls} calls in {mode} mode is the -ELBO"
         if spread == 0.0:
             hint = ("The loss is the same on every call: it does not draw z from "
-                    "q(z|x).")
+                    "q(z|x). If it uses z = mu here: a test loss computed at z = mu "
+                    "is not an ELBO estimate; draw z with rsample in every mode.")
             if abs(mean - float(at_mean)) < 1e-3 * abs(mean) + 1e-3:
                 hint = ("It is computed at z = mu: a test loss computed at z = mu is "
                         "not an ELBO estimate (it skips the expectation over "
