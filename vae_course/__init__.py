@@ -3,10 +3,13 @@
 Modules import one way only::
 
     runtime -> data -> distributions -> models -> elbo -> train
-            -> evaluate, checkpoints, plots -> cli
+            -> evaluate, checkpoints, plots, check -> cli
+
+``check`` gives learners instant feedback on the functions they write in exercises.
 """
 
 from . import (
+    check,
     checkpoints,
     data,
     distributions,
@@ -20,6 +23,6 @@ from . import (
 from .runtime import budget, setup, smoke_test
 
 __all__ = [
-    "budget", "checkpoints", "data", "distributions", "elbo", "evaluate", "models",
-    "plots", "runtime", "setup", "smoke_test", "train",
+    "budget", "check", "checkpoints", "data", "distributions", "elbo", "evaluate",
+    "models", "plots", "runtime", "setup", "smoke_test", "train",
 ]
