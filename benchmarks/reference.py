@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 START, END = "<!-- reference:start -->", "<!-- reference:end -->"
 
 MODELS = {
-    "default": ("seed-000 MLP 784-100-100-(2x32), latent 32", []),
+    "default": ("the Deep Bayes tutorial's MLP 784-100-100-(2x32), latent 32", []),
     "best": ("MLP 784-500-500-(2x50), latent 50, KL warm-up 10 epochs",
              ["--hidden-sizes", "500", "500", "--latent-dim", "50",
               "--warmup-epochs", "10"]),
@@ -60,7 +60,7 @@ def table(rows: list[dict], args) -> str:
             f"| {row['name']}: {row['description']} | {row['epochs']} "
             f"| {row['train_seconds'] / 60:.1f} min | {row['negative_elbo']:.2f} "
             f"| {-row['log_likelihood']:.2f} ± {row['standard_error']:.2f} |")
-    lines += ["", "Published (Burda et al. 2015, same data, K=5000): VAE with one "
+    lines += ["", "Published (Burda et al. 2016, same data, K=5000): VAE with one "
               "stochastic layer 86.76, IWAE (k=50) 84.78."]
     return "\n".join(lines)
 

@@ -1,7 +1,8 @@
 """The ELBO's maths, against PyTorch's own distributions and against each other.
 
-Seed 000 writes the loss with ``torch.distributions`` and a Monte Carlo KL; seed 001
-writes it with ``binary_cross_entropy_with_logits`` and the closed-form KL. Both are
+The Deep Bayes tutorial writes the loss with ``torch.distributions`` and a Monte Carlo
+KL; the PyTorch examples VAE writes it with ``binary_cross_entropy_with_logits`` and
+the closed-form KL. Both are
 checked here against the helper and against each other.
 """
 
@@ -162,9 +163,9 @@ def test_elbo_terms_refuses_no_samples(num_samples):
         elbo_terms(small_model(), binary_images(2), num_samples=num_samples)
 
 
-# --- seed 000 and seed 001 give the same loss ---------------------------------
+# --- the Deep Bayes and the PyTorch examples losses agree -------------------
 
-def seed_001_pieces(model, x):
+def pytorch_examples_pieces(model, x):
     """pytorch/examples style: mu, logvar, reparameterize, BCE + KLD."""
     output = model.encoder(x)
     mu, log_scale = output.chunk(2, dim=-1)
@@ -182,32 +183,32 @@ def test_reconstruction_term_equals_minus_bce_for_the_same_z():
     torch.manual_seed(11)
     terms = elbo_terms(model, x)
     torch.manual_seed(11)
-    _, _, bce, _ = seed_001_pieces(model, x)
+    _, _, bce, _ = pytorch_examples_pieces(model, x)
     torch.testing.assert_close(terms["reconstruction"].sum(), -bce)
 
 
-def test_negative_elbo_equals_the_seed_001_loss_for_the_same_z():
+def test_negative_elbo_equals_the_pytorch_examples_loss_for_the_same_z():
     model, x = small_model(), binary_images(8)
     torch.manual_seed(12)
     loss, _ = negative_elbo(model, x)
     torch.manual_seed(12)
-    _, _, bce, kld = seed_001_pieces(model, x)
+    _, _, bce, kld = pytorch_examples_pieces(model, x)
     torch.testing.assert_close(loss, (bce + kld) / len(x))
 
 
-def test_seed_000_loss_equals_the_monte_carlo_path_for_the_same_z():
+def test_deep_bayes_loss_equals_the_monte_carlo_path_for_the_same_z():
     model, x = small_model(), binary_images(8)
     torch.manual_seed(13)
     qz_x = model.encode(x)
     z = qz_x.rsample()
     px_z, pz = model.decode(z), model.prior()
-    seed_000 = -(px_z.log_prob(x) + pz.log_prob(z) - qz_x.log_prob(z)).mean()
+    deep_bayes = -(px_z.log_prob(x) + pz.log_prob(z) - qz_x.log_prob(z)).mean()
     torch.manual_seed(13)
     terms = elbo_terms(model, x, closed_form=False)
-    torch.testing.assert_close(seed_000, -terms["elbo"].mean())
+    torch.testing.assert_close(deep_bayes, -terms["elbo"].mean())
 
 
-def test_seed_000_and_seed_001_losses_agree_in_expectation():
+def test_deep_bayes_and_pytorch_examples_losses_agree_in_expectation():
     """Same z for both; only the KL differs (Monte Carlo vs closed form)."""
     model, x = small_model(), binary_images(4)
     num_draws = 2000
@@ -216,15 +217,15 @@ def test_seed_000_and_seed_001_losses_agree_in_expectation():
         qz_x, pz = model.encode(x), model.prior()
         z = qz_x.rsample((num_draws,))  # (draws, batch, latent)
         px_z = model.decode(z)
-        seed_000 = -(px_z.log_prob(x) + pz.log_prob(z) - qz_x.log_prob(z)).mean(-1)
+        deep_bayes = -(px_z.log_prob(x) + pz.log_prob(z) - qz_x.log_prob(z)).mean(-1)
         mu, log_scale = model.encoder(x).chunk(2, dim=-1)
         logvar = 2 * log_scale
-        logits = model.decoder(z)  # the same z, decoded seed 001's way
+        logits = model.decoder(z)  # the same z, decoded the PyTorch examples way
         bce = F.binary_cross_entropy_with_logits(
             logits, x.expand_as(logits), reduction="none").sum((-1, -2))
         kld = -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp())
-        seed_001 = (bce + kld) / len(x)  # (draws,)
-    difference = seed_000 - seed_001
+        pytorch_examples = (bce + kld) / len(x)  # (draws,)
+    difference = deep_bayes - pytorch_examples
     assert difference.std() > 0  # different estimators draw by draw ...
     standard_error = difference.std() / math.sqrt(num_draws)
     assert difference.mean().abs() < 5 * standard_error  # ... equal on average

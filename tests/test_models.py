@@ -33,7 +33,7 @@ def images():
     return torch.rand(5, IMAGE_SIZE, generator=torch.Generator().manual_seed(0))
 
 
-def test_default_is_the_seed_000_mlp():
+def test_default_is_the_deep_bayes_tutorials_mlp():
     torch.manual_seed(0)
     model = build_vae()
     assert isinstance(model, VAE)
