@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import os
 import random
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -206,3 +209,27 @@ def test_the_command_line_takes_a_thread_count(monkeypatch, restore_threads, cap
         cli.main(["evaluate", "missing.pt"])
     assert stopped.value.code == 2
     assert runtime.THREADS_ENV_VAR in capsys.readouterr().err
+
+
+def test_busy_cores_reads_the_ticks_that_were_not_idle(monkeypatch):
+    monkeypatch.setattr(runtime.os, "cpu_count", lambda: 2)
+    # user nice system idle iowait irq softirq: 300 of 400 ticks busy on 2 cores
+    before = [100, 0, 50, 1000, 0, 0, 0]
+    after = [350, 0, 100, 1090, 10, 0, 0]
+    assert runtime.busy_cores(before, after) == pytest.approx(1.5)
+    assert runtime.busy_cores(before, before) == 0.0
+    with pytest.raises(ValueError, match="readings"):
+        runtime.busy_cores([1, 2], [3, 4])
+
+
+def test_machine_load_sees_a_core_kept_busy_now():
+    if not os.path.exists("/proc/stat"):
+        pytest.skip("needs /proc/stat")
+    spin = "import time\nend = time.time() + 3\nwhile time.time() < end:\n    pass"
+    spinner = subprocess.Popen([sys.executable, "-c", spin])
+    try:
+        time.sleep(0.5)  # let it start spinning
+        busy = runtime.machine_load(window=1.0)
+    finally:
+        spinner.wait()
+    assert busy >= 0.5  # the spinner alone keeps one core busy

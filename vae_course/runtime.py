@@ -8,9 +8,10 @@ themselves; they ask :func:`budget` for epoch counts, subset sizes and samples.
 Threads: PyTorch starts one thread per core, and when other processes keep those
 cores busy (a classroom of kernels on one server) its threads wait on each other and
 an epoch takes many times longer than with fewer threads. :func:`set_threads`, which
-:func:`setup` calls, takes the cores this process may use minus the load of the
-machine, at least one. ``setup(threads=N)``, the command line's ``--threads N`` or
-the environment variable ``VAE_COURSE_THREADS=N`` choose N instead.
+:func:`setup` calls, takes the cores this process may use minus the cores that
+other work keeps busy right now, at least one. ``setup(threads=N)``, the command
+line's ``--threads N`` or the environment variable ``VAE_COURSE_THREADS=N`` choose N
+instead.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from __future__ import annotations
 import math
 import os
 import random
+import time
 
 import numpy as np
 import torch
@@ -78,8 +80,44 @@ def usable_cores() -> int:
     return os.cpu_count() or 1
 
 
-def machine_load() -> float:
-    """Runnable processes, averaged over the last minute; 0 where the OS does not say."""
+def busy_cores(before: list[int], after: list[int]) -> float:
+    """Cores kept busy between two readings of the ``cpu`` line of ``/proc/stat``.
+
+    Each reading is the line's counters (user, nice, system, idle, iowait, ...), in
+    clock ticks summed over every core; idle and iowait ticks are time nobody ran.
+    """
+    if len(before) < 5 or len(after) != len(before):
+        raise ValueError("expected two readings of /proc/stat's cpu line")
+    elapsed = [b - a for a, b in zip(before, after, strict=True)]
+    total = sum(elapsed)
+    if total <= 0:
+        return 0.0
+    idle = elapsed[3] + elapsed[4]
+    return (total - idle) / total * (os.cpu_count() or 1)
+
+
+def _cpu_ticks() -> list[int]:
+    with open("/proc/stat") as stat:
+        fields = stat.readline().split()
+    if not fields or fields[0] != "cpu":
+        raise OSError("/proc/stat does not start with the cpu line")
+    return [int(value) for value in fields[1:]]
+
+
+def machine_load(window: float = 0.25) -> float:
+    """How many cores other work keeps busy now, measured over ``window`` seconds.
+
+    Where the OS has no ``/proc/stat`` (macOS, Windows) this falls back to the
+    one-minute load average, or 0. A fresh measurement, unlike the load average,
+    does not count the work this process itself did a moment ago (it is idle while
+    it measures).
+    """
+    try:
+        before = _cpu_ticks()
+        time.sleep(window)
+        return busy_cores(before, _cpu_ticks())
+    except (OSError, ValueError):
+        pass
     try:
         return os.getloadavg()[0]
     except (AttributeError, OSError):  # Windows has no load average
