@@ -79,8 +79,12 @@ def negative_elbo(model, x: torch.Tensor, beta: float = 1.0, num_samples: int = 
     Returns the scalar loss and the per-image terms.
     """
     terms = elbo_terms(model, x, num_samples=num_samples)
-    loss = -(terms["reconstruction"] - beta * terms["kl"]).mean()
-    return loss, terms
+    return _beta_loss(terms, beta), terms
+
+
+def _beta_loss(terms: dict[str, torch.Tensor], beta: float) -> torch.Tensor:
+    """The batch mean of -(reconstruction - beta * KL): the loss both paths train on."""
+    return -(terms["reconstruction"] - beta * terms["kl"]).mean()
 
 
 @contextlib.contextmanager
@@ -109,8 +113,7 @@ def negative_elbo_of_checked_pixels(model, x: torch.Tensor, beta: float = 1.0):
     """
     with unvalidated_distributions():
         terms = _terms_of_checked_pixels(model, x, 1, True)
-        loss = -(terms["reconstruction"] - beta * terms["kl"]).mean()
-    return loss, terms
+    return _beta_loss(terms, beta), terms
 
 
 @torch.no_grad()
