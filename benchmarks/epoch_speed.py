@@ -135,7 +135,7 @@ def matmul_rate(size: int = 2048, repeats: int = 5) -> float:
 
 def compare_log_likelihood(num_images: int, num_samples: int, repeats: int) -> None:
     test_images, _ = vc.data.load_mnist("test")
-    images = vc.train.fixed_test_images(test_images[:num_images], binarize=True)
+    images = vc.train.fixed_binarization(test_images[:num_images], binarize=True)
     models = {
         "default 784-100-100-(2x32)": vc.models.build_vae(),
         "784-500-500-(2x50)": vc.models.build_vae(latent_dim=50,

@@ -27,13 +27,15 @@ from vae_course.models import build_vae
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--latent-dim", "2", "--hidden-sizes", "16", "--batch-size", "50",
         "--device", "cpu", "--no-progress"]
-ELBO_LINE = re.compile(r"^test -ELBO: (\d+\.\d\d) nats \(epoch (\d+)\)$")
+ELBO_LINE = re.compile(r"^validation -ELBO: (\d+\.\d\d) nats \(epoch (\d+)\); "
+                       r"best (\d+\.\d\d) at epoch (\d+), kept in .*best\.pt$")
 LOG_P_LINE = re.compile(r"^test log p\(x\) \(importance sampled, K=(\d+)\): "
                         r"(-\d+\.\d\d) nats")
 
 
 def synthetic_split(split, dataset="mnist", root=None):
-    generator = torch.Generator().manual_seed(0 if split == "train" else 1)
+    seed = {"train": 0, "validation": 1, "test": 2}[split]
+    generator = torch.Generator().manual_seed(seed)
     count = 200 if split == "train" else 50
     images = torch.rand(count, 784, generator=generator) ** 3
     return images, torch.randint(0, 10, (count,), generator=generator)
@@ -197,27 +199,35 @@ def check_pictures(folder, epoch):
     assert sample.size == (8 * 28 + 9 * 2, 8 * 28 + 9 * 2)
 
 
-def test_train_writes_every_file_and_reports_the_test_elbo(capsys, fake_data,
-                                                          tmp_path):
+def test_train_writes_every_file_and_reports_the_validation_elbo(capsys, fake_data,
+                                                                tmp_path):
     folder = tmp_path / "run"
     status, out, err = run(["train", "--epochs", "2", "--output", folder, *TINY],
                            capsys)
     assert status == 0, err
     assert sorted(p.name for p in folder.iterdir()) == [
-        "checkpoint.pt", "metrics.csv", "metrics.json", "reconstruction_001.png",
+        "best.pt", "checkpoint.pt", "metrics.csv", "metrics.json",
+        "reconstruction_001.png",
         "reconstruction_002.png", "sample_001.png", "sample_002.png"]
-    assert {split for split, _, _ in fake_data} == {"train", "test"}
+    assert {split for split, _, _ in fake_data} == {"train", "validation"}
     rows = json.loads((folder / "metrics.json").read_text())
     assert [row["epoch"] for row in rows] == [1, 2]
     with open(folder / "metrics.csv", newline="") as file:
         table = list(csv.DictReader(file))
-    assert [float(r["test_loss"]) for r in table] == [r["test_loss"] for r in rows]
+    losses = [row["validation_loss"] for row in rows]
+    assert [float(r["validation_loss"]) for r in table] == losses
     assert set(table[0]) == set(rows[0])
     check_pictures(folder, 2)
     match = ELBO_LINE.match(out[-1])
     assert match, out
-    assert float(match.group(1)) == round(rows[-1]["test_loss"], 2)
+    assert float(match.group(1)) == round(rows[-1]["validation_loss"], 2)
     assert match.group(2) == "2"
+    best_epoch = losses.index(min(losses)) + 1
+    assert float(match.group(3)) == round(min(losses), 2)
+    assert int(match.group(4)) == best_epoch
+    _, best = load_checkpoint(folder / "best.pt")
+    best_rows = best["history"].rows
+    assert [row["epoch"] for row in best_rows] == list(range(1, best_epoch + 1))
     model, payload = load_checkpoint(folder / "checkpoint.pt")
     assert model.config == {"architecture": "mlp", "latent_dim": 2,
                             "hidden_sizes": [16], "likelihood": "bernoulli"}
@@ -271,6 +281,23 @@ def test_evaluate_prints_the_log_likelihood_and_the_elbo(capsys, fake_data, tmp_
     assert numbers["negative_elbo"] == pytest.approx(negative_elbo, abs=0.005)
     assert numbers["log_likelihood"] == pytest.approx(float(log_p[0].group(2)),
                                                       abs=0.005)
+    assert numbers["split"] == "test" and fake_data[-1][0] == "test"
+
+
+def test_evaluate_reads_the_split_it_is_given(capsys, fake_data, tmp_path):
+    folder = tmp_path / "run"
+    assert run(["train", "--epochs", "1", "--output", folder, *TINY], capsys)[0] == 0
+    outputs = {}
+    for split in ("validation", "test"):
+        status, out, err = run(["evaluate", folder / "best.pt", "--k", "5", "--split",
+                                split, "--no-progress", "--device", "cpu"], capsys)
+        assert status == 0, err
+        assert fake_data[-1][0] == split
+        assert out[0].startswith(f"mnist {split} set, 50 images")
+        assert any(line.startswith(f"{split} log p(x)") for line in out), out
+        outputs[split] = [line for line in out if line.startswith(f"{split} -ELBO")]
+    # Different images, different numbers.
+    assert outputs["validation"][0][len("validation"):] != outputs["test"][0][4:]
 
 
 def test_evaluate_reports_a_missing_checkpoint(capsys, fake_data, tmp_path):

@@ -19,8 +19,10 @@ UNREACHABLE_MIRROR = "http://127.0.0.1:9/"  # the discard port: refused at once
 def fresh_cache():
     """Each test starts from an empty in-memory cache (loads stay cheap: test split)."""
     data._load_cached.cache_clear()
+    data._load_split.cache_clear()
     yield
     data._load_cached.cache_clear()
+    data._load_split.cache_clear()
 
 
 @pytest.fixture
@@ -96,7 +98,9 @@ def test_default_root_is_data_in_the_repository(repo_root):
 
 # --- what comes back -----------------------------------------------------------
 
-@pytest.mark.parametrize("split, count", [("train", 60_000), ("test", 10_000)])
+@pytest.mark.parametrize("split, count", [
+    ("train", 50_000), ("validation", 10_000), ("train+validation", 60_000),
+    ("test", 10_000)])
 def test_shapes_types_and_ranges(real_data_root, split, count):
     images, labels = data.load_mnist(split, root=real_data_root)
     assert images.shape == (count, 784) and images.dtype == torch.float32
@@ -113,11 +117,35 @@ def test_second_call_returns_the_cached_tensors(real_data_root):
     first = data.load_mnist("test", root=real_data_root)
     second = data.load_mnist("test", "mnist", str(real_data_root) + os.sep)
     assert second[0] is first[0] and second[1] is first[1]
-    assert data._load_cached.cache_info().hits == 1
+    assert data._load_split.cache_info().hits == 1
+
+
+def test_validation_is_a_seeded_disjoint_part_of_the_training_file(real_data_root):
+    every, every_labels = data.load_mnist("train+validation", root=real_data_root)
+    train, train_labels = data.load_mnist("train", root=real_data_root)
+    validation, validation_labels = data.load_mnist("validation", root=real_data_root)
+    held_out = data.validation_indices()
+    assert held_out.shape == (data.VALIDATION_SIZE,)
+    assert torch.equal(held_out, data.validation_indices())  # seeded: the same again
+    assert torch.equal(validation, every[held_out])
+    assert torch.equal(validation_labels, every_labels[held_out])
+    kept = torch.ones(len(every), dtype=torch.bool)
+    kept[held_out] = False
+    assert torch.equal(train, every[kept])
+    assert torch.equal(train_labels, every_labels[kept])
+    # Drawn at random, not the file's last rows: every class is there in proportion.
+    assert held_out.min() < 1000 and held_out.max() > 59_000
+    shares = torch.bincount(validation_labels, minlength=10) / len(validation_labels)
+    overall = torch.bincount(every_labels, minlength=10) / len(every_labels)
+    assert torch.allclose(shares, overall, atol=0.01)
+    # A smaller validation set lies inside the larger one (Burda et al. held out 400).
+    assert set(data.validation_indices(400).tolist()) <= set(held_out.tolist())
+    other = data.validation_indices(seed=1)
+    assert not torch.equal(other, held_out)
 
 
 @pytest.mark.parametrize("kwargs, word", [
-    ({"split": "validation"}, "'train', 'test'"),
+    ({"split": "valid"}, "'train', 'validation', 'train\\+validation', 'test'"),
     ({"dataset": "cifar10"}, "'mnist', 'fashion-mnist'"),
 ])
 def test_unknown_names_list_the_choices(kwargs, word):

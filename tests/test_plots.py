@@ -250,7 +250,7 @@ def history(with_test=True):
         for term in ("loss", "reconstruction", "entropy", "cross_entropy", "kl"):
             row[f"train_{term}"] = 100.0 / epoch + len(term)
             if with_test:
-                row[f"test_{term}"] = 90.0 / epoch + len(term)
+                row[f"validation_{term}"] = 90.0 / epoch + len(term)
         rows.append(row)
     return History(rows)
 
@@ -263,7 +263,7 @@ def test_plot_history_draws_train_and_test_per_term():
     assert len(figure.axes) == len(terms)
     for ax, term in zip(figure.axes, terms, strict=True):
         lines = {line.get_label(): line for line in ax.get_lines()}
-        assert set(lines) == {"train", "test"}
+        assert set(lines) == {"train", "validation"}
         for split, line in lines.items():
             assert list(line.get_xdata()) == [1, 2, 3]
             assert list(line.get_ydata()) == curves.column(f"{split}_{term}")

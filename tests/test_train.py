@@ -14,7 +14,7 @@ from vae_course.models import build_vae
 from vae_course.train import History, fit
 
 TERMS = ("loss", "reconstruction", "entropy", "cross_entropy", "kl")
-ROW_KEYS = {"epoch", "seconds", *(f"{split}_{term}" for split in ("train", "test")
+ROW_KEYS = {"epoch", "seconds", *(f"{split}_{term}" for split in ("train", "validation")
                                   for term in TERMS)}
 
 
@@ -63,7 +63,7 @@ def test_history_has_one_row_per_epoch_with_every_term(data):
     for row in history.rows:
         assert set(row) == ROW_KEYS
         assert row["seconds"] > 0
-        for split in ("train", "test"):
+        for split in ("train", "validation"):
             loss = row[f"{split}_loss"]
             assert math.isfinite(loss)
             expected = -(row[f"{split}_reconstruction"] + row[f"{split}_entropy"]
@@ -81,7 +81,7 @@ def test_test_terms_are_those_of_the_trained_model(data):
     last = train(model, data, num_epochs=2, seed=5).rows[-1]
     terms = evaluate_elbo(model, data[1], seed=5)  # the same fixed binarization
     for name in ("entropy", "cross_entropy", "kl"):
-        assert last[f"test_{name}"] == pytest.approx(terms[name], rel=1e-5)
+        assert last[f"validation_{name}"] == pytest.approx(terms[name], rel=1e-5)
 
 
 def test_without_test_images_only_train_columns_are_kept(data):
@@ -95,16 +95,17 @@ def test_loss_decreases_on_real_mnist(real_data_root):
 
     root = real_data_root
     train_images, _ = load_mnist("train", "mnist", root)
-    test_images, _ = load_mnist("test", "mnist", root)
+    validation_images, _ = load_mnist("validation", "mnist", root)
     torch.manual_seed(0)
     model = build_vae()
-    before = evaluate_elbo(model, test_images[:200])["negative_elbo"]
-    history = fit(model, train_images[:1000], test_images[:200], num_epochs=3,
+    before = evaluate_elbo(model, validation_images[:200])["negative_elbo"]
+    history = fit(model, train_images[:1000], validation_images[:200], num_epochs=3,
                   batch_size=50, progress=False)
-    train_loss, test_loss = history.column("train_loss"), history.column("test_loss")
+    train_loss = history.column("train_loss")
+    validation_loss = history.column("validation_loss")
     assert train_loss == sorted(train_loss, reverse=True)
-    assert test_loss == sorted(test_loss, reverse=True)
-    assert test_loss[-1] < before - 100  # 545 nats untrained; about 250 after
+    assert validation_loss == sorted(validation_loss, reverse=True)
+    assert validation_loss[-1] < before - 100  # 545 nats untrained; about 250 after
 
 
 # --- reproducibility and resuming ---------------------------------------------
@@ -171,13 +172,13 @@ def test_bad_arguments_are_refused_before_training(data, kwargs, name):
     torch.rand(8, 784) * 255,
     torch.rand(8, 784) - 0.5,
 ], ids=["28x28", "100-pixels", "empty", "int64", "uint8", "0-255", "negative"])
-@pytest.mark.parametrize("split", ["train_images", "test_images"])
+@pytest.mark.parametrize("split", ["train_images", "validation_images"])
 def test_bad_images_are_refused(data, images, split):
-    train_images, test_images = data
-    arguments = {"train_images": train_images, "test_images": test_images,
+    train_images, validation_images = data
+    arguments = {"train_images": train_images, "validation_images": validation_images,
                  split: images}
     with pytest.raises(ValueError, match=split):
-        fit(tiny_model(), arguments["train_images"], arguments["test_images"],
+        fit(tiny_model(), arguments["train_images"], arguments["validation_images"],
             num_epochs=1, progress=False)
 
 
@@ -247,7 +248,7 @@ def test_progress_true_shows_a_bar(data, capsys):
 
 def test_grey_pixels_train_a_continuous_bernoulli_model(data):
     history = train(tiny_model(likelihood="continuous_bernoulli"), data)
-    assert all(math.isfinite(row["test_loss"]) for row in history.rows)
+    assert all(math.isfinite(row["validation_loss"]) for row in history.rows)
 
 
 def test_grey_pixels_without_binarizing_are_refused_by_bernoulli(data):
@@ -285,30 +286,30 @@ def test_nan_or_infinite_beta_and_warmup_are_refused_up_front(data, name, value)
         train(tiny_model(), data, **{name: value})
 
 
-@pytest.mark.parametrize("split", ["train_images", "test_images"])
+@pytest.mark.parametrize("split", ["train_images", "validation_images"])
 def test_nan_images_are_refused_before_training(data, split):
     poisoned = data[0 if split == "train_images" else 1].clone()
     poisoned[3, 100] = float("nan")
-    arguments = dict(zip(("train_images", "test_images"), data, strict=True))
+    arguments = dict(zip(("train_images", "validation_images"), data, strict=True))
     arguments[split] = poisoned
     model = tiny_model(likelihood="continuous_bernoulli")
     before = {k: v.clone() for k, v in model.state_dict().items()}
     with pytest.raises(ValueError, match=rf"{split}.*NaN"):
-        fit(model, arguments["train_images"], arguments["test_images"], num_epochs=1,
-            progress=False)
+        fit(model, arguments["train_images"], arguments["validation_images"],
+            num_epochs=1, progress=False)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
-@pytest.mark.parametrize("split", ["train_images", "test_images"])
+@pytest.mark.parametrize("split", ["train_images", "validation_images"])
 def test_float64_images_are_refused_before_training(data, split):
     # torch.from_numpy gives float64; nn.Linear with float32 weights refuses it.
-    arguments = dict(zip(("train_images", "test_images"), data, strict=True))
+    arguments = dict(zip(("train_images", "validation_images"), data, strict=True))
     arguments[split] = arguments[split].double()
     model = tiny_model()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     with pytest.raises(ValueError, match=rf"{split}.*float64.*float32"):
-        fit(model, arguments["train_images"], arguments["test_images"], num_epochs=1,
-            progress=False)
+        fit(model, arguments["train_images"], arguments["validation_images"],
+            num_epochs=1, progress=False)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
@@ -316,7 +317,7 @@ def test_a_float64_model_trains_on_float64_images(data):
     model = tiny_model().double()
     history = fit(model, data[0].double(), data[1].double(), num_epochs=1,
                   batch_size=64, progress=False)
-    assert math.isfinite(history.rows[0]["test_loss"])
+    assert math.isfinite(history.rows[0]["validation_loss"])
 
 
 @pytest.mark.parametrize("images, message", [
@@ -352,14 +353,16 @@ class _PoisonOnLastStep(torch.optim.Adam):
         return result
 
 
-@pytest.mark.parametrize("with_test_images", [True, False])
-def test_divergence_in_the_last_step_of_an_epoch_is_reported(data, with_test_images):
+@pytest.mark.parametrize("with_validation_images", [True, False])
+def test_divergence_in_the_last_step_of_an_epoch_is_reported(data,
+                                                             with_validation_images):
     model = tiny_model()
     optimizer = _PoisonOnLastStep(model.parameters(), steps_per_epoch=256 // 64)
     saved = []
+    held_out = data[1] if with_validation_images else None
     with pytest.raises(FloatingPointError, match=r"epoch 1\b.*learning rate"):
-        train(model, (data[0], data[1] if with_test_images else None), num_epochs=2,
-              optimizer=optimizer, callback=lambda *args: saved.append(args))
+        train(model, (data[0], held_out), num_epochs=2, optimizer=optimizer,
+              callback=lambda *args: saved.append(args))
     assert saved == []  # a diverged model is never handed on to be saved
 
 
@@ -535,22 +538,22 @@ def test_history_reports_the_true_elbo_whatever_is_optimised(data, monkeypatch, 
     # Test: the closed-form terms match an independent evaluation exactly ...
     reference = evaluate_elbo(model, data[1], seed=5)
     for name in ("entropy", "cross_entropy", "kl"):
-        assert last[f"test_{name}"] == pytest.approx(reference[name], rel=1e-5)
-    assert last["test_loss"] == pytest.approx(-last["test_reconstruction"]
-                                              + last["test_kl"], rel=1e-6)
+        assert last[f"validation_{name}"] == pytest.approx(reference[name], rel=1e-5)
+    assert last["validation_loss"] == pytest.approx(-last["validation_reconstruction"]
+                                              + last["validation_kl"], rel=1e-6)
     # ... and the one-draw reconstruction agrees with a 200-draw estimate within
     # 4 standard errors.
     from vae_course.elbo import elbo_terms
-    from vae_course.train import fixed_test_images
+    from vae_course.train import fixed_binarization
 
-    test_binary = fixed_test_images(data[1], binarize=True, seed=5)
+    validation_binary = fixed_binarization(data[1], binarize=True, seed=5)
     with torch.no_grad():
-        draws = torch.stack([elbo_terms(model, test_binary)["reconstruction"]
+        draws = torch.stack([elbo_terms(model, validation_binary)["reconstruction"]
                              for _ in range(200)])  # (200, 64)
     standard_error = draws.std(0).pow(2).mean().sqrt().item() / len(data[1]) ** 0.5
     accurate = -draws.mean().item() + reference["kl"]
-    assert last["test_loss"] == pytest.approx(accurate, abs=4 * standard_error)
+    assert last["validation_loss"] == pytest.approx(accurate, abs=4 * standard_error)
     # The checks above can tell: a loss weighted by the last step's beta would be off
     # by far more than their tolerance.
     weight = beta if warmup_epochs == 0 else beta * min(1.0, 8 / (warmup_epochs * 4))
-    assert abs(1 - weight) * reference["kl"] > 1e-3 * abs(last["test_loss"])
+    assert abs(1 - weight) * reference["kl"] > 1e-3 * abs(last["validation_loss"])

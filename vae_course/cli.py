@@ -1,7 +1,11 @@
 """``python -m vae_course``: train a VAE or evaluate a checkpoint from the shell.
 
     python -m vae_course train --epochs 16 --output runs/default
-    python -m vae_course evaluate runs/default/checkpoint.pt --k 5000
+    python -m vae_course evaluate runs/default/best.pt --k 5000
+
+``train`` learns from the 50,000 training images and reports the 10,000 validation
+images every epoch; it keeps the epoch with the best validation -ELBO in ``best.pt``
+beside the last one. ``evaluate`` gives the test set's numbers.
 """
 
 from __future__ import annotations
@@ -33,6 +37,8 @@ from .runtime import default_device, seed_everything, set_threads
 from .train import check_number, fit
 
 CHECKPOINT = "checkpoint.pt"
+# The epoch with the lowest validation -ELBO so far: the model a run chose.
+BEST = "best.pt"
 # What a training run is made of: saved in its checkpoint, and on --resume taken
 # from there (the model's config holds the first four, the settings the rest).
 MODEL_SETTINGS = ("architecture", "latent_dim", "hidden_sizes", "likelihood")
@@ -113,7 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
                                      parser_class=_Parser)
     train = commands.add_parser("train", help="train a model, writing pictures, "
-                                "metrics and a checkpoint each epoch")
+                                "metrics and a checkpoint each epoch; the epoch with "
+                                "the best validation -ELBO is kept in best.pt")
     train.add_argument("--epochs", type=_number(int), default=None,
                        help="number of passes over the training set (default: 16)")
     train.add_argument("--batch-size", type=_number(int), default=None,
@@ -151,17 +158,19 @@ def build_parser() -> argparse.ArgumentParser:
                         help="replace a run already saved in --output")
     train.add_argument("--eval-k", type=_number(int, allow_zero=True), default=0,
                        metavar="K",
-                       help="after training, also estimate log p(x) with K "
-                            "importance samples (default: 0, skip)")
+                       help="after training, also estimate the validation "
+                            "log p(x) with K importance samples (default: 0, skip)")
 
     evaluate = commands.add_parser("evaluate", help="print the test ELBO and the "
                                    "importance-sampled log-likelihood of a checkpoint")
     evaluate.add_argument("checkpoint", type=Path,
-                          help="a checkpoint.pt written by train")
+                          help="a best.pt or checkpoint.pt written by train")
+    evaluate.add_argument("--split", choices=("test", "validation"), default="test",
+                          help="which held-out images (default: test)")
     evaluate.add_argument("--k", type=_number(int), default=5000,
                           help="importance samples per image (default: 5000)")
     evaluate.add_argument("--limit", type=_number(int), default=None,
-                          help="use only the first N test images (default: all)")
+                          help="use only the first N images (default: all)")
     evaluate.add_argument("--json", type=Path, default=None, metavar="FILE",
                           help="also write the numbers to FILE as JSON")
     _add_common(evaluate)
@@ -191,8 +200,8 @@ def _write_metrics(folder: Path, history) -> None:
     (folder / "metrics.json").write_text(json.dumps(history.rows, indent=1) + "\n")
 
 
-def _save_pictures(folder: Path, model, test_images, epoch: int, seed: int) -> None:
-    originals = test_images[:8].to(model.device)
+def _save_pictures(folder: Path, model, images, epoch: int, seed: int) -> None:
+    originals = images[:8].to(model.device)
     pairs = torch.cat([originals, model.reconstruct(originals)]).reshape(-1, 1, 28, 28)
     save_image(pairs.cpu(), folder / f"reconstruction_{epoch:03d}.png", nrow=8)
     samples = model.sample(64, generator=torch.Generator().manual_seed(seed))
@@ -339,18 +348,21 @@ def run_train(args) -> int:
         history, optimizer = None, None
     done = len(history) if history is not None else 0
     train_images, _ = load_mnist("train", settings["dataset"], args.data_root)
-    test_images, _ = load_mnist("test", settings["dataset"], args.data_root)
+    validation_images, _ = load_mnist("validation", settings["dataset"], args.data_root)
 
     def after_epoch(model, optimizer, history):
         epoch = len(history)
         # Creates the folder on the first epoch: a run that fails sooner leaves none.
         save_checkpoint(checkpoint, model, optimizer, history, settings=settings)
+        losses = history.column("validation_loss")
+        if losses[-1] <= min(losses):
+            save_checkpoint(folder / BEST, model, optimizer, history, settings=settings)
         _write_metrics(folder, history)
-        _save_pictures(folder, model, test_images, epoch, settings["seed"])
+        _save_pictures(folder, model, validation_images, epoch, settings["seed"])
 
     started = time.perf_counter()
     try:
-        history = fit(model, train_images, test_images, num_epochs=num_epochs,
+        history = fit(model, train_images, validation_images, num_epochs=num_epochs,
                       batch_size=settings["batch_size"], learning_rate=settings["lr"],
                       seed=settings["seed"], beta=settings["beta"],
                       warmup_epochs=settings["warmup_epochs"],
@@ -367,20 +379,25 @@ def run_train(args) -> int:
     print(f"trained {num_epochs - done} epochs in {time.perf_counter() - started:.1f} "
           f"s; files in {folder}")
     if args.eval_k:
-        _print_log_likelihood(model, test_images, args.eval_k, settings["seed"],
-                              not args.no_progress)
-    print(f"test -ELBO: {last['test_loss']:.2f} nats (epoch {last['epoch']})")
+        _print_log_likelihood(model, validation_images, args.eval_k, settings["seed"],
+                              not args.no_progress, "validation")
+    losses = history.column("validation_loss")
+    best = losses.index(min(losses))
+    print(f"validation -ELBO: {last['validation_loss']:.2f} nats (epoch "
+          f"{last['epoch']}); best {losses[best]:.2f} at epoch {best + 1}, kept in "
+          f"{folder / BEST}")
     return 0
 
 
-def _print_log_likelihood(model, images, k, seed, progress) -> dict[str, float]:
+def _print_log_likelihood(model, images, k, seed, progress,
+                          split: str) -> dict[str, float]:
     started = time.perf_counter()
     log_p = importance_weighted_log_likelihood(model, images, num_samples=k, seed=seed,
                                                progress=progress)
     seconds = time.perf_counter() - started
     spread = log_p.std().item() if len(log_p) > 1 else 0.0
     standard_error = spread / math.sqrt(len(log_p))
-    print(f"test log p(x) (importance sampled, K={k}): {log_p.mean():.2f} nats "
+    print(f"{split} log p(x) (importance sampled, K={k}): {log_p.mean():.2f} nats "
           f"(standard error {standard_error:.2f}), i.e. -log p(x) = "
           f"{-log_p.mean():.2f} ({seconds:.0f} s)")
     return {"log_likelihood": log_p.mean().item(), "standard_error": standard_error,
@@ -397,17 +414,18 @@ def run_evaluate(args) -> int:
     if dataset not in DATASETS:
         raise CheckpointError(f"{args.checkpoint} names an unknown dataset "
                               f"{dataset!r}")
-    images, _ = load_mnist("test", dataset, args.data_root)
+    images, _ = load_mnist(args.split, dataset, args.data_root)
     if args.limit is not None:
         images = images[:args.limit]
     terms = evaluate_elbo(model, images, seed=args.seed)
-    print(f"{dataset} test set, {len(images)} images, {model.config}")
+    print(f"{dataset} {args.split} set, {len(images)} images, {model.config}")
     result = _print_log_likelihood(model, images, args.k, args.seed,
-                                   not args.no_progress)
-    print(f"test -ELBO: {terms['negative_elbo']:.2f} nats "
+                                   not args.no_progress, args.split)
+    print(f"{args.split} -ELBO: {terms['negative_elbo']:.2f} nats "
           f"(reconstruction {terms['reconstruction']:.2f}, KL {terms['kl']:.2f})")
     if args.json is not None:
-        result.update(dataset=dataset, images=len(images), config=model.config,
+        result.update(dataset=dataset, split=args.split, images=len(images),
+                      config=model.config,
                       negative_elbo=terms["negative_elbo"],
                       epochs=len(payload["history"]))
         args.json.write_text(json.dumps(result, indent=1) + "\n")

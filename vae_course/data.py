@@ -5,6 +5,12 @@ DataLoader that turns each image into a PIL picture and back: that is several ti
 faster on a laptop CPU. :func:`load_mnist` reads a split once through torchvision
 and keeps it in memory, so a second call costs nothing.
 
+Three splits: ``"test"`` is the 10,000 images of the test file, used for final
+numbers only. The 60,000 images of the training file are split once: 10,000 drawn
+at random with seed ``VALIDATION_SEED`` are ``"validation"``, on which models are
+compared and chosen, and the other 50,000 are ``"train"``. ``"train+validation"``
+gives all 60,000, for a model whose settings were already chosen.
+
 Where the files live (the first that applies):
 
 1. the ``root`` argument;
@@ -40,12 +46,15 @@ __all__ = [
     "ENV_VAR",
     "FILE_NAMES",
     "SPLITS",
+    "VALIDATION_SEED",
+    "VALIDATION_SIZE",
     "DataCorruptError",
     "DataNotFoundError",
     "binarize",
     "check_pixel_values",
     "data_root",
     "load_mnist",
+    "validation_indices",
 ]
 
 #: Environment variable naming a torchvision root that already holds the data.
@@ -55,7 +64,14 @@ DEFAULT_ROOT = Path(__file__).resolve().parents[1] / "data"
 #: Dataset name -> torchvision class name (also the folder under the root).
 DATASETS = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST"}
 #: Split name -> number of images it holds.
-SPLITS = {"train": 60_000, "test": 10_000}
+SPLITS = {"train": 50_000, "validation": 10_000, "train+validation": 60_000,
+          "test": 10_000}
+#: Images of the training file held out for choosing models, and the seed that
+#: picks them (a random 10,000, so that every digit and writer is represented).
+VALIDATION_SIZE = 10_000
+VALIDATION_SEED = 0
+# Images in each raw file.
+_FILE_SIZES = {"train": 60_000, "test": 10_000}
 #: The four raw files torchvision reads, in ``<root>/<MNIST|FashionMNIST>/raw/``.
 FILE_NAMES = (
     "train-images-idx3-ubyte",
@@ -109,8 +125,11 @@ def load_mnist(split: str = "train", dataset: str = "mnist",
     """One split of MNIST or Fashion-MNIST as ``(images, labels)``.
 
     ``images`` is float32 of shape ``(N, 784)`` with grey levels in ``[0, 1]``;
-    ``labels`` is int64 of shape ``(N,)`` with classes ``0..9``. ``N`` is 60000 for
-    ``"train"`` and 10000 for ``"test"``.
+    ``labels`` is int64 of shape ``(N,)`` with classes ``0..9``. ``split`` is one
+    of :data:`SPLITS`: ``"train"`` (50,000 images), ``"validation"`` (10,000 of the
+    training file, drawn with seed :data:`VALIDATION_SEED`, disjoint from
+    ``"train"``), ``"train+validation"`` (all 60,000, in file order) or ``"test"``
+    (10,000). ``"train"`` and ``"validation"`` keep the file's order.
 
     The tensors are read once per (dataset, split, root) and then served from memory:
     every call returns the same objects, so clone them before changing them in place.
@@ -124,7 +143,7 @@ def load_mnist(split: str = "train", dataset: str = "mnist",
     path, origin = _root_and_origin(root)
     resolved = path.resolve()
     try:
-        return _load_cached(dataset, split, str(resolved))
+        return _load_split(dataset, split, str(resolved))
     except _DownloadFailed as failure:
         raise DataNotFoundError(
             _not_found_message(DATASETS[dataset], resolved, origin, failure.reason)
@@ -137,7 +156,34 @@ class _DownloadFailed(Exception):
         self.reason = reason
 
 
-@functools.lru_cache(maxsize=8)  # 2 datasets x 2 splits, a few roots
+def validation_indices(validation_size: int = VALIDATION_SIZE,
+                       seed: int = VALIDATION_SEED) -> torch.Tensor:
+    """Which images of the 60,000-image training file form the validation split.
+
+    Sorted int64 indices, ``(validation_size,)``: the first ``validation_size`` of a
+    seeded permutation, so a smaller validation set lies inside a larger one.
+    """
+    order = torch.randperm(_FILE_SIZES["train"],
+                           generator=torch.Generator().manual_seed(seed))
+    return order[:validation_size].sort().values
+
+
+@functools.lru_cache(maxsize=16)  # 2 datasets x 4 splits, a few roots
+def _load_split(dataset: str, split: str,
+                root: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """One split, cut from its raw file; cached like the files themselves."""
+    if split == "test":
+        return _load_cached(dataset, "test", root)
+    images, labels = _load_cached(dataset, "train", root)
+    if split == "train+validation":
+        return images, labels
+    held_out = torch.zeros(len(images), dtype=torch.bool)
+    held_out[validation_indices()] = True
+    keep = held_out if split == "validation" else ~held_out
+    return images[keep], labels[keep]
+
+
+@functools.lru_cache(maxsize=8)  # 2 datasets x 2 files, a few roots
 def _load_cached(dataset: str, split: str,
                  root: str) -> tuple[torch.Tensor, torch.Tensor]:
     """Read and check one split; cached on (dataset, split, resolved root)."""
@@ -243,7 +289,7 @@ def _validate(images: torch.Tensor, labels: torch.Tensor, raw_folder: Path,
     prefix = "train" if split == "train" else "t10k"
     image_file = raw_folder / f"{prefix}-images-idx3-ubyte"
     label_file = raw_folder / f"{prefix}-labels-idx1-ubyte"
-    count = SPLITS[split]
+    count = _FILE_SIZES[split]
     expected = (count, IMAGE_SIDE, IMAGE_SIDE)
     if images.dtype != torch.uint8 or tuple(images.shape) != expected:
         raise DataCorruptError(_corrupt_message(

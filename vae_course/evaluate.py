@@ -26,13 +26,13 @@ import torch.nn.functional as F
 from .distributions import check_pixels, likelihood_from_logits
 from .elbo import mean_terms, unvalidated_distributions
 from .models import IMAGE_SIZE
-from .train import check_images, check_number, fixed_test_images, wants_binarization
+from .train import check_images, check_number, fixed_binarization, wants_binarization
 
 
 def _prepared(model, images, binarize, seed):
     seed = check_number("seed", seed, integer=True, allow_zero=True)
     check_images(images, dtype=next(model.parameters()).dtype)
-    return fixed_test_images(images, wants_binarization(model, binarize), seed)
+    return fixed_binarization(images, wants_binarization(model, binarize), seed)
 
 
 @torch.no_grad()
@@ -84,7 +84,7 @@ def importance_weighted_log_likelihood(model, images: torch.Tensor,
     codes come from :func:`image_generator` for that index: evaluate images 50 to
     149 with ``first_index=50`` and they get the numbers a call on the first 150
     gives them. (Grey images are binarized by one seeded draw over ``images``, the
-    draw of :func:`vae_course.train.fixed_test_images`; to evaluate a slice that is
+    draw of :func:`vae_course.train.fixed_binarization`; to evaluate a slice that is
     not the first images, binarize the whole set first and pass the slice.)
 
     Work is split into calls that decode at most ``max_pixels`` pixels, so memory

@@ -160,12 +160,12 @@ def plot_interpolation(model: VAE, image_a, image_b, steps: int = 10,
 
 def plot_history(history, terms=("loss", "reconstruction", "entropy", "cross_entropy"),
                  model_name: str | None = None):
-    """One panel per term: train and (when present) test, per epoch, in nats."""
+    """One panel per term: train and (when present) validation, per epoch, in nats."""
     fig, axes = plt.subplots(1, len(terms), figsize=(3.6 * len(terms), 3), squeeze=False)
     axes = axes[0]
     epochs = history.column("epoch")
     for ax, term in zip(axes, terms, strict=True):
-        for split in ("train", "test"):
+        for split in ("train", "validation"):
             key = f"{split}_{term}"
             if history.rows and key in history.rows[0]:
                 ax.plot(epochs, history.column(key), marker=".", label=split)

@@ -32,7 +32,7 @@ CHECK_EVERY = 50
 
 @dataclass
 class History:
-    """One row per epoch: the epoch, its seconds, and every term on train and test."""
+    """One row per epoch: the epoch, its seconds, every term on train and validation."""
 
     rows: list[dict[str, float]] = field(default_factory=list)
 
@@ -90,8 +90,11 @@ def wants_binarization(model, binarize: bool | None) -> bool:
     return model.likelihood == "bernoulli" if binarize is None else binarize
 
 
-def fixed_test_images(images: torch.Tensor, binarize: bool, seed: int = 0):
-    """The test set as evaluated: one seeded binarization, the same every epoch."""
+def fixed_binarization(images: torch.Tensor, binarize: bool, seed: int = 0):
+    """Held-out images as evaluated: one seeded binarization, the same every epoch.
+
+    Used for the validation images while training and for the test images after.
+    """
     if not binarize:
         return images
     return binarize_images(images.cpu(), torch.Generator().manual_seed(seed))
@@ -157,20 +160,22 @@ def _check_weights_finite(model, epoch: int) -> None:
             raise _diverged(epoch, f"{name} holds NaN or infinite weights")
 
 
-def _test_terms(model, test: torch.Tensor, epoch: int) -> dict[str, float]:
-    """The test pass of an epoch; a model broken by its last step is divergence."""
+def _validation_terms(model, validation: torch.Tensor,
+                      epoch: int) -> dict[str, float]:
+    """The validation pass of an epoch; a model broken by its last step diverged."""
     try:
-        terms = mean_terms(model, test)
+        terms = mean_terms(model, validation)
     except ValueError as error:
         # torch.distributions refuses a scale that overflowed to inf or fell to 0.
         raise _diverged(epoch, str(error).splitlines()[0]) from None
     terms["loss"] = -terms.pop("elbo")
     if not all(math.isfinite(terms[name]) for name in TERMS):
-        raise _diverged(epoch, f"the test loss became {terms['loss']}")
-    return {f"test_{name}": terms[name] for name in TERMS}
+        raise _diverged(epoch, f"the validation loss became {terms['loss']}")
+    return {f"validation_{name}": terms[name] for name in TERMS}
 
 
-def fit(model, train_images: torch.Tensor, test_images: torch.Tensor | None = None, *,
+def fit(model, train_images: torch.Tensor,
+        validation_images: torch.Tensor | None = None, *,
         num_epochs: int, batch_size: int = 100, learning_rate: float = 1e-3,
         seed: int = 0, binarize: bool | None = None, beta: float = 1.0,
         warmup_epochs: int = 0, progress: bool = True,
@@ -178,10 +183,11 @@ def fit(model, train_images: torch.Tensor, test_images: torch.Tensor | None = No
         history: History | None = None) -> History:
     """Train ``model`` with Adam and return its per-epoch :class:`History`.
 
-    ``train_loss`` and ``test_loss`` are the negative ELBO in nats per image (beta and
-    warm-up change what is optimised, not what is reported). ``binarize`` (by
-    default: when the likelihood is Bernoulli) draws fresh binary pixels for every
-    batch and fixes one draw of the test set.
+    ``train_loss`` and ``validation_loss`` are the negative ELBO in nats per image
+    (beta and warm-up change what is optimised, not what is reported); compare and
+    choose models on the validation columns and keep the test set for the final
+    numbers. ``binarize`` (by default: when the likelihood is Bernoulli) draws fresh
+    binary pixels for every batch and fixes one draw of the validation images.
     To resume, pass the ``optimizer`` and ``history`` saved with the model:
     every epoch reseeds from ``(seed, epoch)``, so the result equals a straight run.
     ``callback(model, optimizer, history)`` runs after every epoch.
@@ -194,14 +200,14 @@ def fit(model, train_images: torch.Tensor, test_images: torch.Tensor | None = No
     warmup_epochs = check_number("warmup_epochs", warmup_epochs, allow_zero=True)
     dtype = next(model.parameters()).dtype
     check_images(train_images, "train_images", dtype)
-    if test_images is not None:
-        check_images(test_images, "test_images", dtype)
+    if validation_images is not None:
+        check_images(validation_images, "validation_images", dtype)
     binarize = wants_binarization(model, binarize)
     device = model.device
     train = train_images.to(device)
-    test = None
-    if test_images is not None:
-        test = fixed_test_images(test_images, binarize, seed).to(device)
+    validation = None
+    if validation_images is not None:
+        validation = fixed_binarization(validation_images, binarize, seed).to(device)
     optimizer = optimizer or torch.optim.Adam(model.parameters(), lr=learning_rate)
     history = history if history is not None else History()
     steps_per_epoch = math.ceil(len(train) / batch_size)
@@ -225,12 +231,15 @@ def fit(model, train_images: torch.Tensor, test_images: torch.Tensor | None = No
             _check_weights_finite(model, epoch)
             row = {"epoch": epoch, "seconds": seconds}
             row.update({f"train_{name}": value for name, value in train_terms.items()})
-            if test is not None:
+            if validation is not None:
                 model.eval()
-                row.update(_test_terms(model, test, epoch))
+                row.update(_validation_terms(model, validation, epoch))
             history.rows.append(row)
-            shown = row.get("test_loss", row["train_loss"])
-            bar.set_postfix(epoch=epoch, test_loss=f"{shown:.2f}")
+            if validation is not None:
+                bar.set_postfix(epoch=epoch,
+                                validation_loss=f"{row['validation_loss']:.2f}")
+            else:
+                bar.set_postfix(epoch=epoch, train_loss=f"{row['train_loss']:.2f}")
             if callback is not None:
                 callback(model, optimizer, history)
     finally:
