@@ -68,9 +68,12 @@ $(STAMP): pyproject.toml
 
 # Rooted at the repository, so that the README, the package and the solutions open
 # from JupyterLab's file browser; it starts in notebooks/.
+# jupyter-settings/overrides.json turns autosave off, so running a lesson does not
+# rewrite the committed notebook (Ctrl-S still saves).
 lab: $(STAMP)
 	@echo "Open the URL with ?token=... printed below (Ctrl-C twice stops the server)."
 	$(JUPYTER) lab --ServerApp.root_dir=. --LabApp.default_url=/lab/tree/notebooks \
+		--LabApp.app_settings_dir=jupyter-settings \
 		--ip=127.0.0.1 --no-browser $(ALLOW_ROOT)
 
 # Smoke budgets (VAE_COURSE_SMOKE=1) keep the run short; nbval compares only the

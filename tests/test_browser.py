@@ -39,6 +39,17 @@ pytestmark = pytest.mark.browser
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = REPO / "notebooks"
+
+
+def makefile_lab_settings() -> str:
+    """The settings folder that ``make lab`` hands JupyterLab (None if it hands none)."""
+    recipe = subprocess.run(["make", "-n", "-o", ".venv/.installed-stamp", "lab"],
+                            cwd=REPO, capture_output=True, text=True, check=True).stdout
+    found = re.search(r"--LabApp\.app_settings_dir=(\S+)", recipe)
+    return found.group(1) if found else None
+
+
+LAB_SETTINGS = makefile_lab_settings() or "jupyter-settings"
 SERVER_START_S = 60
 PAGE_LOAD_S = 90
 RUN_ALL_S = 240
@@ -139,6 +150,8 @@ def running_lab(source: Path, workdir: Path):
         f"--IdentityProvider.token={token}",
         f"--ServerApp.root_dir={root}",
         f"--LabApp.workspaces_dir={state / 'lab-workspaces'}",
+        # The settings make lab uses (autosave off), read from the checkout.
+        f"--LabApp.app_settings_dir={REPO / LAB_SETTINGS}",
         "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
         "--ServerApp.shutdown_no_activity_timeout=900",
         "--MappingKernelManager.cull_idle_timeout=900",
@@ -378,6 +391,15 @@ def lesson_missing(notebook: str):
     """Skip, before any server starts, a test whose lesson is not written yet."""
     return pytest.mark.skipif(not (NOTEBOOKS / notebook).is_file(),
                               reason=f"notebooks/{notebook} does not exist yet")
+
+
+def test_lab_does_not_autosave_the_lessons(lab):
+    """Running a lesson must not rewrite the committed notebook behind the learner's
+    back: make lab's settings turn JupyterLab's autosave off."""
+    assert makefile_lab_settings() == "jupyter-settings"
+    plugin = lab.api("/lab/api/settings/@jupyterlab/docmanager-extension:plugin")
+    assert plugin["schema"]["properties"]["autosave"]["default"] is False
+    assert plugin["settings"].get("autosave", False) is False
 
 
 @pytest.mark.timeout(300)
