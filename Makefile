@@ -134,8 +134,9 @@ benchmark: $(STAMP)
 	$(BIN)/python benchmarks/epoch_speed.py --epochs 5
 	$(BIN)/python benchmarks/busy_machine.py --steps 100 --repeats 3
 
-# Trains the default and the best model through the CLI (GPU when present), evaluates
-# them with K=5000 importance samples and writes the table into README.md.
+# Trains the reference models through the CLI (GPU when present), keeps the epoch
+# each chose on the validation images in checkpoints/reference/, evaluates them on
+# the test images with K=5000 importance samples and writes the table into README.md.
 reference: $(STAMP)
 	$(BIN)/python benchmarks/reference.py $(REFERENCE_FLAGS)
 
