@@ -116,6 +116,38 @@ def compare_training(epochs: int, batch_size: int) -> None:
     print(f"fit / hand-written loop: {fit_median / medians['hand-written loop']:.3f}x")
 
 
+def operator_calls(run) -> int:
+    """How many ATen operators ``run()`` calls (nested calls counted too)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as profiler:
+        run()
+    return sum(1 for event in profiler.events() if event.name.startswith("aten::"))
+
+
+def compare_operator_calls(batch_size: int, num_steps: int = 20) -> None:
+    """Operator calls per training step: the same on every machine and load, and
+    what a step's fixed overhead grows with (each call costs microseconds)."""
+    images, _ = vc.data.load_mnist("train")
+    images = images[:batch_size * num_steps]
+    hand_model = vc.models.build_vae()
+    hand_optimizer = torch.optim.Adam(hand_model.parameters(), lr=1e-3)
+    handwritten_epoch(hand_model, hand_optimizer, images, batch_size)  # warm up
+    fit_epochs = FitEpochs(vc.models.build_vae(), images, batch_size)
+    fit_epochs()
+    calls = {
+        "vc.train.fit": operator_calls(fit_epochs),
+        "hand-written loop": operator_calls(
+            lambda: handwritten_epoch(hand_model, hand_optimizer, images, batch_size)),
+    }
+    per_step = {name: count / num_steps for name, count in calls.items()}
+    print(f"\nATen operator calls per training step (batch {batch_size}, mean of "
+          f"{num_steps} steps): " + ", ".join(
+              f"{name} {count:.0f}" for name, count in per_step.items()))
+    ratio = per_step["vc.train.fit"] / per_step["hand-written loop"]
+    print(f"fit / hand-written loop: {ratio:.2f}x the calls")
+
+
 def decoder_flops(model) -> int:
     """Multiply-adds (counted as two FLOPs) of one decoded sample, MLP decoders."""
     return sum(2 * layer.in_features * layer.out_features
@@ -173,6 +205,7 @@ def main() -> None:
     args = parser.parse_args()
     vc.setup(seed=0, threads=args.threads)
     if not args.skip_training:
+        compare_operator_calls(args.batch_size)
         compare_training(args.epochs, args.batch_size)
     compare_log_likelihood(args.iwae_images, args.iwae_k, args.iwae_repeats)
 
