@@ -7,6 +7,8 @@ that fails for the wrong reason, or passes a wrong answer, fails here.
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -306,3 +308,116 @@ def test_negative_elbo_summed_over_the_batch_and_the_model_mode_restored(capsys)
 def test_negative_elbo_returning_a_float(capsys):
     assert_fails_with(check.negative_elbo(lambda m, x: loss_right(m, x).item()),
                       capsys, "returned float")
+
+
+# ------------------------------------------------- importance-sampled log p(x)
+
+
+def estimate_right(model, x, num_samples):
+    q = model.encode(x)
+    z = q.sample((num_samples,))  # (K, batch, latent_dim)
+    log_w = model.decode(z).log_prob(x) + model.prior().log_prob(z) - q.log_prob(z)
+    return torch.logsumexp(log_w, dim=0) - math.log(num_samples)
+
+
+def log_weights_of(model, x, z, q):
+    return model.decode(z).log_prob(x) + model.prior().log_prob(z) - q.log_prob(z)
+
+
+def test_the_linear_gaussian_models_log_likelihood_is_pytorchs():
+    model = check.LinearGaussianVAE()
+    x = model.images()
+    covariance = model.weight @ model.weight.T + torch.eye(784, dtype=torch.float64)
+    by_torch = torch.distributions.MultivariateNormal(model.bias, covariance).log_prob(x)
+    torch.testing.assert_close(model.exact_log_likelihood(x), by_torch)
+    assert bool((by_torch < -800).all()), "exp must underflow even in float64"
+    # Its posterior is Gaussian: log p(x, z) - log N(z; mean, std) is log p(x) at any z.
+    mean, std = model.true_posterior(x)
+    z = mean + std * torch.randn(5, *mean.shape, dtype=torch.float64)
+    posterior = Independent(Normal(mean, std), 1)
+    torch.testing.assert_close(log_weights_of(model, x, z, posterior),
+                               by_torch.expand(5, -1))
+
+
+def test_log_likelihood_estimate_right_answer_passes(capsys):
+    out = assert_passes(check.log_likelihood_estimate(estimate_right), capsys)
+    assert "K = 1000" in out and "K = 100" in out
+
+
+def test_log_likelihood_estimate_averaging_the_weights_underflows(capsys):
+    def in_probability_space(model, x, num_samples):
+        q = model.encode(x)
+        z = q.sample((num_samples,))
+        return log_weights_of(model, x, z, q).exp().mean(0).log()
+
+    assert_fails_with(check.log_likelihood_estimate(in_probability_space), capsys,
+                      "probability space", "underflows", "logsumexp")
+
+
+def test_log_likelihood_estimate_without_minus_log_k(capsys):
+    def without_log_k(model, x, num_samples):
+        q = model.encode(x)
+        z = q.sample((num_samples,))
+        return torch.logsumexp(log_weights_of(model, x, z, q), dim=0)
+
+    out = assert_fails_with(check.log_likelihood_estimate(without_log_k), capsys,
+                            "-log K of the mean is missing", "log 1000 = 6.91",
+                            "log 100 = 4.61")
+    assert "prior" not in out
+
+
+def test_log_likelihood_estimate_drawing_from_the_prior(capsys):
+    def from_the_prior(model, x, num_samples):
+        q = model.encode(x)
+        z = model.prior().sample((num_samples, len(x)))
+        return torch.logsumexp(log_weights_of(model, x, z, q), 0) - math.log(num_samples)
+
+    def naive(model, x, num_samples):
+        z = model.prior().sample((num_samples, len(x)))
+        log_lik = model.decode(z).log_prob(x)
+        return torch.logsumexp(log_lik, 0) - math.log(num_samples)
+
+    for fn in (from_the_prior, naive):
+        assert_fails_with(check.log_likelihood_estimate(fn), capsys,
+                          "drawn from the prior", "draw z from q(z|x)")
+
+
+def test_log_likelihood_estimate_scoring_q_at_another_draw(capsys):
+    def another_draw(model, x, num_samples):
+        q = model.encode(x)
+        z = q.sample((num_samples,))
+        log_w = (model.decode(z).log_prob(x) + model.prior().log_prob(z)
+                 - q.log_prob(q.sample((num_samples,))))  # a second, different draw
+        return torch.logsumexp(log_w, 0) - math.log(num_samples)
+
+    def another_noise(model, x, num_samples):
+        q = model.encode(x)
+        z, other = (q.mean + q.stddev * torch.randn(num_samples, *q.mean.shape,
+                                                   dtype=q.mean.dtype)
+                    for _ in range(2))
+        log_w = (model.decode(z).log_prob(x) + model.prior().log_prob(z)
+                 - q.log_prob(other))
+        return torch.logsumexp(log_w, 0) - math.log(num_samples)
+
+    assert_fails_with(check.log_likelihood_estimate(another_draw), capsys,
+                      "sampled more than once", "same draws", "q.log_prob(z)")
+    assert_fails_with(check.log_likelihood_estimate(another_noise), capsys,
+                      "above the exact log p(x)", "same z")
+
+
+def test_log_likelihood_estimate_averaged_over_the_images(capsys):
+    def over_images(model, x, num_samples):
+        q = model.encode(x)
+        z = q.sample((num_samples,))
+        return torch.logsumexp(log_weights_of(model, x, z, q), 1) - math.log(num_samples)
+
+    assert_fails_with(check.log_likelihood_estimate(over_images), capsys,
+                      "returned shape (1000,)", "over the K samples only")
+
+
+def test_log_likelihood_estimate_misuse_raises():
+    with pytest.raises(TypeError, match="no parentheses"):
+        check.log_likelihood_estimate(estimate_right(check.LinearGaussianVAE(),
+                                                     torch.zeros(1, 784), 10))
+    with pytest.raises(ValueError, match="at least 100"):
+        check.log_likelihood_estimate(estimate_right, num_samples=10)

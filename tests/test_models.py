@@ -13,6 +13,7 @@ from vae_course.models import (
     conv_decoder,
     conv_encoder,
     count_parameters,
+    init_output_bias,
     mlp,
 )
 
@@ -161,3 +162,31 @@ def test_a_fractional_latent_dim_is_refused_clearly():
         build_vae(latent_dim=2.5)
     with pytest.raises(ValueError, match="hidden_sizes"):
         build_vae(hidden_sizes=(100.5,))
+
+
+def test_init_output_bias_starts_the_decoder_at_the_mean_digit():
+    torch.manual_seed(0)
+    model = build_vae(latent_dim=4, hidden_sizes=(8,))
+    images = torch.rand(50, IMAGE_SIZE, generator=torch.Generator().manual_seed(1))
+    images[:, 0] = 0.0  # a pixel never inked: its logit is clipped, not -inf
+    images[:, 1] = 1.0
+    assert init_output_bias(model, images) is model
+    bias = model.decoder[-1].bias
+    means = images.double().mean(0).clamp(1e-3, 1 - 1e-3)
+    torch.testing.assert_close(torch.sigmoid(bias.double()), means, rtol=0, atol=1e-6)
+    assert torch.isfinite(bias).all()
+    # With the last weights at zero every code decodes to exactly the mean digit.
+    with torch.no_grad():
+        model.decoder[-1].weight.zero_()
+    decoded = model.decode(torch.randn(3, 4)).mean
+    torch.testing.assert_close(decoded, means.float().expand(3, -1), rtol=0, atol=1e-6)
+
+
+def test_init_output_bias_refuses_what_it_cannot_do():
+    images = torch.rand(5, IMAGE_SIZE)
+    with pytest.raises(ValueError, match="MLP decoder"):
+        init_output_bias(build_vae("conv", latent_dim=4), images)
+    with pytest.raises(ValueError, match="shape"):
+        init_output_bias(build_vae(), images[:, :10])
+    with pytest.raises(ValueError, match="clip"):
+        init_output_bias(build_vae(), images, clip=0.0)

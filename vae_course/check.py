@@ -7,15 +7,17 @@ returns ``True`` when everything passed. A wrong answer never raises: a function
 that crashes is reported like any other mistake. Only misuse of the checker itself
 (passing something that is not callable, an unknown option) raises.
 
-=============================  ==================================================
-checker                        the function it expects
-=============================  ==================================================
-:func:`kl_standard_normal`     ``fn(mu, log_var) -> (batch,)``, or ``fn(posterior)``
-:func:`reparameterize`         ``fn(mu, log_var) -> z``, same shape as ``mu``
-:func:`log_prob`               ``fn(value, logits)`` (Bernoulli) or
-                               ``fn(value, loc, scale)`` (Normal)
-:func:`negative_elbo`          ``fn(model, x) -> scalar loss`` (batch mean)
-=============================  ==================================================
+=================================  ================================================
+checker                            the function it expects
+=================================  ================================================
+:func:`kl_standard_normal`         ``fn(mu, log_var) -> (batch,)``, or ``fn(posterior)``
+:func:`reparameterize`             ``fn(mu, log_var) -> z``, same shape as ``mu``
+:func:`log_prob`                   ``fn(value, logits)`` (Bernoulli) or
+                                   ``fn(value, loc, scale)`` (Normal)
+:func:`negative_elbo`              ``fn(model, x) -> scalar loss`` (batch mean)
+:func:`log_likelihood_estimate`    ``fn(model, x, K) -> (batch,)``, importance-sampled
+                                   log p(x)
+=================================  ================================================
 
 Here ``log_var`` is :math:`\log\sigma^2`, one per latent unit, and ``x`` a batch of
 binary images of shape (batch, 784).
@@ -33,7 +35,8 @@ from .elbo import LOG_2PI, elbo_terms
 from .elbo import kl_standard_normal as kl_of_posterior
 from .models import IMAGE_SIZE, build_vae
 
-__all__ = ["kl_standard_normal", "log_prob", "negative_elbo", "reparameterize"]
+__all__ = ["LinearGaussianVAE", "kl_standard_normal", "log_likelihood_estimate",
+           "log_prob", "negative_elbo", "reparameterize"]
 
 PASS, FAIL = "✓", "✗"
 
@@ -616,4 +619,177 @@ def _check_negative_elbo(fn, model, images, num_calls, report) -> bool:
         else:
             report.fail(what, _loss_hint(mean, tolerance, terms, model.latent_dim,
                                          len(images)))
+    return report.finish()
+
+
+# ------------------------------------------------- importance-sampled log p(x)
+
+
+class _Watched(Independent):
+    """A diagonal Gaussian that notes in ``log`` each time it is sampled."""
+
+    def __init__(self, loc, scale, name: str, log: list):
+        super().__init__(Normal(loc, scale), 1)
+        self._name, self._log = name, log
+
+    def sample(self, sample_shape=()):
+        self._log.append(self._name)
+        return super().sample(torch.Size(sample_shape))
+
+    def rsample(self, sample_shape=()):
+        self._log.append(self._name)
+        return super().rsample(torch.Size(sample_shape))
+
+
+class LinearGaussianVAE(torch.nn.Module):
+    r"""A VAE-shaped model whose :math:`\log p(x)` is known in closed form.
+
+    :math:`p(z) = \mathcal{N}(0, I_d)`, :math:`p(x \mid z) = \mathcal{N}(Wz + b, I)`
+    over 784 "pixels", with orthogonal columns of :math:`W`, so the true posterior is
+    a diagonal Gaussian. ``encode`` returns a good but imperfect proposal: the true
+    posterior shifted by 0.3 of its standard deviation and 1.2 times as wide. It has
+    the methods an estimator needs (``encode``, ``decode``, ``prior``, ``latent_dim``),
+    in float64, and its images have :math:`\log p(x)` near -1100 nats: far below
+    where ``exp`` underflows, even in float64.
+    """
+
+    def __init__(self, latent_dim: int = 4, seed: int = 0):
+        super().__init__()
+        generator = torch.Generator().manual_seed(seed)
+        basis, _ = torch.linalg.qr(torch.randn(IMAGE_SIZE, latent_dim,
+                                               generator=generator, dtype=torch.float64))
+        self.scales = torch.linspace(20.0, 50.0, latent_dim, dtype=torch.float64)
+        self.weight = basis * self.scales  # (784, latent_dim), orthogonal columns
+        self.bias = torch.randn(IMAGE_SIZE, generator=generator, dtype=torch.float64)
+        self.latent_dim = latent_dim
+        self.draws: list[str] = []  # which distributions were sampled, in order
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device("cpu")
+
+    def prior(self):
+        zeros = torch.zeros(self.latent_dim, dtype=torch.float64)
+        return _Watched(zeros, torch.ones_like(zeros), "prior", self.draws)
+
+    def true_posterior(self, x: torch.Tensor):
+        """Mean and standard deviation of p(z|x), each (batch, latent_dim)."""
+        variance = 1 / (1 + self.scales**2)  # (latent_dim,)
+        mean = variance * ((x - self.bias) @ self.weight)  # (batch, latent_dim)
+        return mean, variance.sqrt().expand_as(mean)
+
+    def encode(self, x: torch.Tensor):
+        mean, std = self.true_posterior(x.double())
+        shift = 0.3 * std * torch.tensor([(-1.0) ** j for j in range(self.latent_dim)],
+                                         dtype=torch.float64)
+        return _Watched(mean + shift, 1.2 * std, "posterior", self.draws)
+
+    def decode(self, z: torch.Tensor):
+        loc = z.double() @ self.weight.T + self.bias  # (..., 784)
+        return Independent(Normal(loc, torch.ones_like(loc)), 1)
+
+    def exact_log_likelihood(self, x: torch.Tensor) -> torch.Tensor:
+        """log N(x; b, W W^T + I) for each image, by the Woodbury identity: (batch,)."""
+        residual = x.double() - self.bias  # (batch, 784)
+        projected = residual @ (self.weight / self.scales)  # (batch, latent_dim)
+        shrink = self.scales**2 / (1 + self.scales**2)
+        quadratic = (residual**2).sum(-1) - (shrink * projected**2).sum(-1)
+        log_det = torch.log1p(self.scales**2).sum()
+        return -0.5 * (IMAGE_SIZE * LOG_2PI + log_det + quadratic)
+
+    def images(self, num_images: int = 3, seed: int = 1) -> torch.Tensor:
+        """Images drawn from the model itself: (num_images, 784), float64."""
+        generator = torch.Generator().manual_seed(seed)
+        z = torch.randn(num_images, self.latent_dim, generator=generator,
+                        dtype=torch.float64)
+        noise = torch.randn(num_images, IMAGE_SIZE, generator=generator,
+                            dtype=torch.float64)
+        return z @ self.weight.T + self.bias + noise
+
+
+def _estimate_hint(result, exact, num_samples, draws_per_call, excess_at) -> str:
+    """The likely slip in an importance-sampled estimate, from numbers and draws."""
+    excess = result - exact  # (batch,)
+    log_k = math.log(num_samples)
+    if all(abs(value - math.log(k)) < 0.3 for k, value in excess_at.items()):
+        return (f"It is log p(x) + log K (here {excess.mean():.2f} too high, "
+                f"log {num_samples} = {log_k:.2f}): the -log K of the mean is "
+                "missing; use torch.logsumexp(log_w, dim=0) - math.log(K).")
+    if "prior" in draws_per_call:
+        return ("z was drawn from the prior p(z). Its draws almost never land where "
+                "the posterior lives; draw z from q(z|x), model.encode(x).sample((K,)), "
+                "and weight each draw by p(x|z) p(z) / q(z|x).")
+    if draws_per_call.count("posterior") > 1:
+        return ("q(z|x) was sampled more than once: log p(x|z), log p(z) and "
+                "log q(z|x) must all be evaluated at the same draws. Draw "
+                "z = q.sample((K,)) once and use q.log_prob(z), not a new q.sample().")
+    if bool((excess > 0.3).all()):
+        return (f"It lies above the exact log p(x) by {_listed(excess, 2)} nats, yet "
+                "with z ~ q(z|x) it is a lower bound in expectation. Are "
+                "log p(x|z), log p(z) and log q(z|x) evaluated at the same z? Draw "
+                "z = q.sample((K,)) once and use q.log_prob(z).")
+    return (f"expected {_listed(exact, 2)}, got {_listed(result, 2)}. Check each term "
+            "of log w = log p(x|z) + log p(z) - log q(z|x), with z ~ q(z|x), and "
+            "that the mean over the K samples is taken in log space.")
+
+
+def log_likelihood_estimate(fn: Callable, num_samples: int = 1000) -> bool:
+    r"""Check a learner's importance-sampled estimate ``fn(model, x, K) -> (batch,)``.
+
+    ``fn`` draws K codes from ``model.encode(x)`` (q(z|x)) for each image of ``x``
+    (batch, 784), weights them by :math:`p(x \mid z)\, p(z) / q(z \mid x)` with
+    ``model.decode(z)`` and ``model.prior()``, and returns
+    :math:`\log \frac1K \sum_k w_k` for each image. It is checked on
+    :class:`LinearGaussianVAE`, whose exact :math:`\log p(x)` is known, with
+    ``num_samples`` and a tenth of it. Prints what passed and what failed; returns
+    True when all passed.
+    """
+    _require_callable(fn)
+    if isinstance(num_samples, bool) or not isinstance(num_samples, int) \
+            or num_samples < 100:
+        raise ValueError(f"num_samples must be an integer of at least 100; "
+                         f"got {num_samples!r}")
+    model = LinearGaussianVAE()
+    x = model.images()
+    exact = model.exact_log_likelihood(x)
+    report = _Report(f"Checking the log-likelihood estimate, called as fn(model, x, K) "
+                     f"on {len(x)} images with exact log p(x) near {exact.mean():.0f}:")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        return _check_estimate(fn, model, x, exact, num_samples, report)
+
+
+def _check_estimate(fn, model, x, exact, num_samples, report) -> bool:
+    results, draws = {}, {}
+    for k in (num_samples, num_samples // 10):
+        model.draws.clear()
+        result = _call(report, fn, model, x, k)
+        draws[k] = list(model.draws)
+        if not _is_tensor(report, result, "one estimate per image"):
+            return report.finish()
+        if result.shape != (len(x),):
+            report.fail(f"returns one estimate per image, shape ({len(x)},)",
+                        f"for {len(x)} images and K = {k} it returned shape "
+                        f"{tuple(result.shape)}: average over the K samples only "
+                        "(the samples' dimension, dim=0 for z of shape "
+                        "(K, batch, latent_dim)), not over the images.")
+            return report.finish()
+        results[k] = result.detach().double()
+    report.ok(f"returns one estimate per image, shape ({len(x)},)")
+    if not all(bool(torch.isfinite(r).all()) for r in results.values()):
+        bad = results[num_samples]
+        report.fail("is finite although log w is near -1100 nats",
+                    f"it returned {_listed(bad, 2)}. The weights were averaged in "
+                    "probability space: exp(-1100) underflows to 0 even in float64 "
+                    "(below about -745), and log 0 = -inf. Stay in log space: "
+                    "torch.logsumexp(log_w, dim=0) - math.log(K).")
+        return report.finish()
+    report.ok("is finite although log w is near -1100 nats")
+    excess_at = {k: float((r - exact).mean()) for k, r in results.items()}
+    for k, result in results.items():
+        what = f"is within 0.3 nats of the exact log p(x) with K = {k}"
+        if bool(((result - exact).abs() < 0.3).all()):
+            report.ok(what)
+        else:
+            report.fail(what, _estimate_hint(result, exact, k, draws[k], excess_at))
     return report.finish()

@@ -128,5 +128,29 @@ def build_vae(architecture: str = "mlp", latent_dim: int = 32,
     return VAE(encoder, decoder, latent_dim, likelihood, config)
 
 
+@torch.no_grad()
+def init_output_bias(model: VAE, images: torch.Tensor, clip: float = 1e-3) -> VAE:
+    """Start the decoder's last bias at the logit of each pixel's mean over ``images``.
+
+    With the weights still small, every code then decodes to the average digit
+    instead of grey noise, as in Burda et al.'s code for their VAE and IWAE (which
+    clips the means to ``[clip, 1 - clip]`` first, so that no logit is infinite).
+    ``images`` are training images, grey or binary, of shape (N, 784).
+    """
+    if images.dim() != 2 or images.shape[1] != IMAGE_SIZE or len(images) == 0:
+        raise ValueError(f"images must have shape (N, {IMAGE_SIZE}) with N > 0; "
+                         f"got {tuple(images.shape)}")
+    if not 0 < clip < 0.5:
+        raise ValueError(f"clip must lie strictly between 0 and 0.5; got {clip!r}")
+    last = [layer for layer in model.decoder.modules()
+            if isinstance(layer, nn.Linear | nn.ConvTranspose2d)][-1]
+    if not isinstance(last, nn.Linear) or last.out_features != IMAGE_SIZE:
+        raise ValueError("init_output_bias needs a decoder that ends in a Linear "
+                         f"layer with {IMAGE_SIZE} outputs (an MLP decoder)")
+    means = images.double().mean(0).clamp(clip, 1 - clip)  # (784,)
+    last.bias.copy_(torch.logit(means).to(last.bias))
+    return model
+
+
 def count_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
