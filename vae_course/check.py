@@ -476,11 +476,14 @@ def _check_normal(fn) -> bool:
 # ------------------------------------------------------------------ negative ELBO
 
 
-def _default_model_and_images():
-    """A small seeded VAE whose posteriors are far from the prior, and 8 images."""
+def _default_model_and_images(num_classes: int | None = None):
+    """A small seeded VAE whose posteriors are far from the prior, and 8 images.
+
+    ``num_classes`` builds the same model as a conditional VAE.
+    """
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        model = build_vae(latent_dim=4, hidden_sizes=(32,))
+        model = build_vae(latent_dim=4, hidden_sizes=(32,), num_classes=num_classes)
     generator = torch.Generator().manual_seed(1)
     with torch.no_grad():
         last = model.encoder[-1]
@@ -639,18 +642,8 @@ CHECK_LABELS = (3, 1, 4, 1, 5, 0, 2, 6)
 
 
 def _default_conditional_model_and_images():
-    """A small seeded conditional VAE, far from the prior, and 8 labelled images."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        model = build_vae(latent_dim=4, hidden_sizes=(32,), num_classes=10)
-    generator = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        last = model.encoder[-1]
-        last.bias[:4] = 3.0 * torch.randn(4, generator=generator)
-        last.bias[4:] = torch.empty(4).uniform_(-2.0, -1.0, generator=generator)
-        model.decoder[0].weight.mul_(2.0)  # so that z and y matter
-    probabilities = torch.rand(8, IMAGE_SIZE, generator=generator) * 0.6
-    images = torch.bernoulli(probabilities, generator=generator)  # (8, 784), binary
+    """The default model of :func:`negative_elbo`, conditional, and 8 labels."""
+    model, images = _default_model_and_images(num_classes=10)
     return model, images, torch.tensor(CHECK_LABELS)
 
 
