@@ -414,3 +414,11 @@ def test_conditional_checker_needs_a_conditional_model():
     with pytest.raises(ValueError, match="together"):
         check.conditional_negative_elbo(conditional_loss_right,
                                         vc.models.build_vae(latent_dim=2))
+
+
+def test_conditional_loss_that_never_uses_the_model(capsys):
+    def constant(model, x, y):
+        return torch.tensor(1.0, requires_grad=True)
+
+    assert_fails_with(check.conditional_negative_elbo(constant), capsys,
+                      "never called model.encoder (or model.encode)")

@@ -693,7 +693,7 @@ def _check_inputs(report, seen, model, images, labels) -> bool:
                  f"({base} + {model.num_classes} inputs), for {distribution}")
         if not seen[name]:
             report.fail(claim, f"your function never called model.{name} (or "
-                        f"model.{name[:6]}e)")
+                        f"model.{name[:-1]})")
             return False
         problem = _input_problem(seen[name][0], base, first, one_hot, labels)
         if problem:
