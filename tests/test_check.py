@@ -421,3 +421,117 @@ def test_log_likelihood_estimate_misuse_raises():
                                                      torch.zeros(1, 784), 10))
     with pytest.raises(ValueError, match="at least 100"):
         check.log_likelihood_estimate(estimate_right, num_samples=10)
+# ------------------------------------------------------- conditional negative ELBO
+
+
+def conditional_loss_right(model, x, y):
+    posterior = model.encode(x, y)
+    z = posterior.rsample()
+    return -(model.decode(z, y).log_prob(x) - kl_of_posterior(posterior)).mean()
+
+
+def conditional_loss_by_hand(model, x, y, one_hot=None, encoder_sees_y=True,
+                             decoder_sees_y=True, pixel_mean=False):
+    """The loss through the raw networks; each keyword plants one mistake."""
+    one_hot = F.one_hot(y, 10).float() if one_hot is None else one_hot
+    encoder_input = torch.cat([x, one_hot], -1) if encoder_sees_y else x
+    posterior = vc.distributions.posterior_from_encoder(model.encoder(encoder_input))
+    z = posterior.rsample()
+    decoder_input = torch.cat([z, one_hot], -1) if decoder_sees_y else z
+    logits = model.decoder(decoder_input)
+    reconstruction = Independent(Bernoulli(logits=logits), 1).log_prob(x)
+    if pixel_mean:
+        reconstruction = reconstruction / 784
+    return -(reconstruction - kl_of_posterior(posterior)).mean()
+
+
+def test_conditional_negative_elbo_right_answers_pass(capsys):
+    out = assert_passes(check.conditional_negative_elbo(conditional_loss_right,
+                                                        num_calls=100), capsys)
+    assert "the encoder gets the pixels x and the one-hot of y" in out
+    assert_passes(check.conditional_negative_elbo(conditional_loss_by_hand,
+                                                  num_calls=100), capsys)
+    by_package = lambda m, x, y: vc.elbo.negative_elbo(m, x, labels=y)  # noqa: E731
+    assert_passes(check.conditional_negative_elbo(by_package, num_calls=100), capsys)
+
+
+def test_conditional_encoder_forgotten(capsys):
+    def no_label_in_the_encoder(model, x, y):
+        return conditional_loss_by_hand(model, x, y, encoder_sees_y=False)
+
+    out = assert_fails_with(check.conditional_negative_elbo(no_label_in_the_encoder),
+                            capsys, "The encoder got 784 inputs: only its own input, "
+                            "no label")
+    assert "decoder" not in out.split("✗")[-1]  # the encoder is named, not the decoder
+
+
+def test_conditional_decoder_forgotten(capsys):
+    def no_label_in_the_decoder(model, x, y):
+        return conditional_loss_by_hand(model, x, y, decoder_sees_y=False)
+
+    out = assert_fails_with(check.conditional_negative_elbo(no_label_in_the_decoder),
+                            capsys, "The decoder got 4 inputs: only its own input")
+    assert "✓ the encoder gets the pixels x" in out
+
+
+def test_conditional_one_hot_without_num_classes(capsys):
+    def too_narrow(model, x, y):
+        return conditional_loss_by_hand(model, x, y, one_hot=F.one_hot(y).float())
+
+    assert_fails_with(check.conditional_negative_elbo(too_narrow), capsys,
+                      "the label part has 7 columns, the model expects 10",
+                      "F.one_hot(y) without num_classes makes max(y) + 1 columns")
+
+
+def test_conditional_label_as_a_float_number(capsys):
+    def as_a_number(model, x, y):
+        return conditional_loss_by_hand(model, x, y, one_hot=y[:, None].float())
+
+    assert_fails_with(check.conditional_negative_elbo(as_a_number), capsys,
+                      "The encoder got 785 inputs", "the label went in as one number")
+
+
+def test_conditional_one_hot_of_other_labels_or_in_front(capsys):
+    def other_labels(model, x, y):
+        return conditional_loss_by_hand(model, x, y,
+                                        one_hot=F.one_hot(y.flip(0), 10).float())
+
+    assert_fails_with(check.conditional_negative_elbo(other_labels), capsys,
+                      "are not the one-hot of y")
+
+    def one_hot_first(model, x, y):
+        one_hot = F.one_hot(y, 10).float()
+        posterior = vc.distributions.posterior_from_encoder(
+            model.encoder(torch.cat([one_hot, x], -1)))
+        z = posterior.rsample()
+        return -(model.decode(z, y).log_prob(x) - kl_of_posterior(posterior)).mean()
+
+    assert_fails_with(check.conditional_negative_elbo(one_hot_first), capsys,
+                      "the one-hot comes first")
+
+
+def test_conditional_loss_with_a_wrong_reduction_still_gets_its_hint(capsys):
+    def pixel_mean(model, x, y):
+        return conditional_loss_by_hand(model, x, y, pixel_mean=True)
+
+    out = assert_fails_with(check.conditional_negative_elbo(pixel_mean, num_calls=100),
+                            capsys, "Mean over pixels instead of sum")
+    assert "✓ the decoder gets the code z and the one-hot of y" in out
+
+
+def test_conditional_checker_needs_a_conditional_model():
+    with pytest.raises(TypeError, match="conditional VAE"):
+        check.conditional_negative_elbo(conditional_loss_right,
+                                        vc.models.build_vae(latent_dim=2),
+                                        torch.zeros(2, 784), torch.zeros(2).long())
+    with pytest.raises(ValueError, match="together"):
+        check.conditional_negative_elbo(conditional_loss_right,
+                                        vc.models.build_vae(latent_dim=2))
+
+
+def test_conditional_loss_that_never_uses_the_model(capsys):
+    def constant(model, x, y):
+        return torch.tensor(1.0, requires_grad=True)
+
+    assert_fails_with(check.conditional_negative_elbo(constant), capsys,
+                      "never called model.encoder (or model.encode)")

@@ -10,13 +10,16 @@ that crashes is reported like any other mistake. Only misuse of the checker itse
 =================================  ================================================
 checker                            the function it expects
 =================================  ================================================
-:func:`kl_standard_normal`         ``fn(mu, log_var) -> (batch,)``, or ``fn(posterior)``
+:func:`kl_standard_normal`         ``fn(mu, log_var) -> (batch,)``, or
+                                   ``fn(posterior)``
 :func:`reparameterize`             ``fn(mu, log_var) -> z``, same shape as ``mu``
 :func:`log_prob`                   ``fn(value, logits)`` (Bernoulli) or
                                    ``fn(value, loc, scale)`` (Normal)
 :func:`negative_elbo`              ``fn(model, x) -> scalar loss`` (batch mean)
-:func:`log_likelihood_estimate`    ``fn(model, x, K) -> (batch,)``, importance-sampled
-                                   log p(x)
+:func:`log_likelihood_estimate`    ``fn(model, x, K) -> (batch,)``,
+                                   importance-sampled log p(x)
+:func:`conditional_negative_elbo`  ``fn(model, x, y) -> scalar loss`` for a
+                                   conditional VAE, ``y`` the int64 labels
 =================================  ================================================
 
 Here ``log_var`` is :math:`\log\sigma^2`, one per latent unit, and ``x`` a batch of
@@ -33,10 +36,10 @@ from torch.distributions import Bernoulli, Independent, Normal
 
 from .elbo import LOG_2PI, elbo_terms
 from .elbo import kl_standard_normal as kl_of_posterior
-from .models import IMAGE_SIZE, build_vae
+from .models import IMAGE_SIZE, build_vae, is_conditional
 
-__all__ = ["LinearGaussianVAE", "kl_standard_normal", "log_likelihood_estimate",
-           "log_prob", "negative_elbo", "reparameterize"]
+__all__ = ["LinearGaussianVAE", "conditional_negative_elbo", "kl_standard_normal",
+           "log_likelihood_estimate", "log_prob", "negative_elbo", "reparameterize"]
 
 PASS, FAIL = "✓", "✗"
 
@@ -475,11 +478,14 @@ def _check_normal(fn) -> bool:
 # ------------------------------------------------------------------ negative ELBO
 
 
-def _default_model_and_images():
-    """A small seeded VAE whose posteriors are far from the prior, and 8 images."""
+def _default_model_and_images(num_classes: int | None = None):
+    """A small seeded VAE whose posteriors are far from the prior, and 8 images.
+
+    ``num_classes`` builds the same model as a conditional VAE.
+    """
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        model = build_vae(latent_dim=4, hidden_sizes=(32,))
+        model = build_vae(latent_dim=4, hidden_sizes=(32,), num_classes=num_classes)
     generator = torch.Generator().manual_seed(1)
     with torch.no_grad():
         last = model.encoder[-1]
@@ -574,9 +580,17 @@ def negative_elbo(fn: Callable, model=None, images: torch.Tensor | None = None,
         model.train(was_training)
 
 
-def _check_negative_elbo(fn, model, images, num_calls, report) -> bool:
+def _check_negative_elbo(fn, model, images, num_calls, report, labels=None,
+                         first_loss=None) -> bool:
+    """The loss's gradient and its average against the -ELBO (given ``labels``).
+
+    ``first_loss`` is the result of a call already made, if any.
+    """
+    given = () if labels is None else (labels,)
     model.train()
-    loss = _loss_value(report, fn, model, images, "your function runs")
+    loss = first_loss
+    if loss is None:
+        loss = _loss_value(report, fn, model, images, "your function runs")
     if loss is None:
         return report.finish()
     report.ok("returns one number for the batch")
@@ -586,9 +600,9 @@ def _check_negative_elbo(fn, model, images, num_calls, report) -> bool:
         return report.finish()
     report.ok("carries gradients to the model")
     with torch.no_grad():
-        terms = elbo_terms(model, images, num_samples=2000)
-        posterior = model.encode(images)
-        at_mean = -(model.decode(posterior.mean).log_prob(images)
+        terms = elbo_terms(model, images, num_samples=2000, labels=labels)
+        posterior = model.encode(images, *given)
+        at_mean = -(model.decode(posterior.mean, *given).log_prob(images)
                     - kl_of_posterior(posterior)).mean()  # the loss at z = mu
     for mode in ("train", "eval"):
         model.train(mode == "train")
@@ -793,3 +807,123 @@ def _check_estimate(fn, model, x, exact, num_samples, report) -> bool:
         else:
             report.fail(what, _estimate_hint(result, exact, k, draws[k], excess_at))
     return report.finish()
+# ------------------------------------------------------- conditional negative ELBO
+
+# Labels of the default check: no 9 among them, so a one-hot built without
+# num_classes is too narrow.
+CHECK_LABELS = (3, 1, 4, 1, 5, 0, 2, 6)
+
+
+def _default_conditional_model_and_images():
+    """The default model of :func:`negative_elbo`, conditional, and 8 labels."""
+    model, images = _default_model_and_images(num_classes=10)
+    return model, images, torch.tensor(CHECK_LABELS)
+
+
+def _input_problem(inputs, base: int, first, one_hot, labels) -> str | None:
+    """What is wrong with what a network received, or None when it is [first, one_hot].
+
+    ``base`` is the width of the network's own input (784 pixels, or the latent
+    units), ``first`` that input when known, ``one_hot`` the expected (batch, classes).
+    """
+    classes = one_hot.shape[-1]
+    width = inputs.shape[-1]
+    if width == base:
+        return ("only its own input, no label: concatenate the one-hot of y, "
+                f"torch.cat([..., F.one_hot(y, {classes}).float()], dim=-1)")
+    if width == base + 1:
+        return ("the label went in as one number (the class index as a float "
+                "column): a one-hot gives each of the "
+                f"{classes} classes a column of its own, F.one_hot(y, {classes})")
+    if width != base + classes:
+        hint = (f"the label part has {width - base} columns, the model expects "
+                f"{classes}.")
+        if width - base == int(labels.max()) + 1:
+            hint += (" F.one_hot(y) without num_classes makes max(y) + 1 columns, "
+                     f"here {width - base}; write F.one_hot(y, num_classes="
+                     f"{classes}).")
+        return hint
+    rows = inputs.reshape(-1, width)[:len(labels)].detach().double()
+    if torch.equal(rows[:, :classes], one_hot) and not torch.equal(
+            rows[:, -classes:], one_hot):
+        return ("the one-hot comes first: the first layer was built for "
+                "torch.cat([input, one_hot], dim=-1), in that order")
+    if not torch.equal(rows[:, -classes:], one_hot):
+        return (f"its last {classes} columns are not the one-hot of y: condition "
+                "on the labels you were given, one row per image")
+    if first is not None and not torch.equal(rows[:, :base], first.double()):
+        return "its first columns are not the images x themselves"
+    return None
+
+
+def _check_inputs(report, seen, model, images, labels) -> bool:
+    """Report what the encoder and the decoder received on the learner's first call."""
+    one_hot = torch.nn.functional.one_hot(labels, model.num_classes).double()
+    networks = (("encoder", IMAGE_SIZE, images, "the pixels x", "q(z|x,y)"),
+                ("decoder", model.latent_dim, None, "the code z", "p(x|z,y)"))
+    for name, base, first, what, distribution in networks:
+        claim = (f"the {name} gets {what} and the one-hot of y "
+                 f"({base} + {model.num_classes} inputs), for {distribution}")
+        if not seen[name]:
+            report.fail(claim, f"your function never called model.{name} (or "
+                        f"model.{name[:-1]})")
+            return False
+        problem = _input_problem(seen[name][0], base, first, one_hot, labels)
+        if problem:
+            report.fail(claim, f"The {name} got {seen[name][0].shape[-1]} inputs: "
+                        + problem)
+            return False
+        report.ok(claim)
+    return True
+
+
+def conditional_negative_elbo(fn: Callable, model=None,
+                              images: torch.Tensor | None = None,
+                              labels: torch.Tensor | None = None,
+                              num_calls: int = 200) -> bool:
+    r"""Check a conditional VAE's loss ``fn(model, x, y)``: the batch mean of -ELBO.
+
+    ``model`` is a :class:`vae_course.models.ConditionalVAE`; the function may use
+    ``model.encode(x, y)`` and ``model.decode(z, y)``, or feed the raw networks
+    ``model.encoder`` and ``model.decoder`` itself, each with the one-hot of the
+    int64 labels ``y`` concatenated after its input. The checker watches what the two
+    networks receive (a missing label, a one-hot of the wrong width, the label as one
+    float number), then compares the loss, over ``num_calls`` calls, with the
+    conditional negative ELBO, E_q[-log p(x|z,y)] + KL(q(z|x,y) || p(z)).
+    By default a small seeded model, 8 binary images and their labels are used.
+    Returns True when all passed.
+    """
+    _require_callable(fn)
+    given = (model, images, labels)
+    if any(item is None for item in given) and any(item is not None for item in given):
+        raise ValueError("pass model, images and labels together, or none of them")
+    if model is None:
+        model, images, labels = _default_conditional_model_and_images()
+    if not is_conditional(model):
+        raise TypeError("this checker needs a conditional VAE "
+                        "(vc.models.build_vae(num_classes=10))")
+    images, labels = images.to(model.device), labels.to(model.device)
+    report = _Report(f"Checking the conditional negative ELBO, called as "
+                     f"fn(model, x, y) on {len(images)} labelled images:")
+    seen = {"encoder": [], "decoder": []}
+    hooks = [getattr(model, name).register_forward_pre_hook(
+        lambda _module, inputs, name=name: seen[name].append(inputs[0].detach()))
+        for name in seen]
+    was_training = model.training
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            model.train()
+            loss = _loss_value(report, lambda m, x: fn(m, x, labels), model, images,
+                               "your function runs")
+            for hook in hooks:
+                hook.remove()
+            hooks = []
+            if not _check_inputs(report, seen, model, images, labels) or loss is None:
+                return report.finish()
+            return _check_negative_elbo(lambda m, x: fn(m, x, labels), model, images,
+                                        num_calls, report, labels, first_loss=loss)
+    finally:
+        for hook in hooks:
+            hook.remove()
+        model.train(was_training)

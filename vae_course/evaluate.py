@@ -8,7 +8,9 @@ q(z|x) and averaging their importance weights gives a tighter estimate,
         \frac{p(x \mid z_k)\, p(z_k)}{q(z_k \mid x)}, \qquad z_k \sim q(z \mid x),
 
 which is itself a lower bound in expectation (Burda et al., 2015) and tends to
-:math:`\log p(x)` as K grows.
+:math:`\log p(x)` as K grows. For a conditional VAE, given the ``labels``, every
+distribution is conditioned on y and the same average estimates
+:math:`\log p(x \mid y)`.
 
 Each image draws its codes from a random stream of its own, seeded by the seed and
 the image's place in the data set, so its estimate does not depend on which other
@@ -26,7 +28,13 @@ import torch.nn.functional as F
 from .distributions import check_pixels, likelihood_from_logits
 from .elbo import mean_terms, unvalidated_distributions
 from .models import IMAGE_SIZE
-from .train import check_images, check_number, fixed_binarization, wants_binarization
+from .train import (
+    check_images,
+    check_number,
+    checked_one_hot,
+    fixed_binarization,
+    wants_binarization,
+)
 
 
 def _prepared(model, images, binarize, seed):
@@ -37,19 +45,22 @@ def _prepared(model, images, binarize, seed):
 
 @torch.no_grad()
 def evaluate_elbo(model, images: torch.Tensor, binarize: bool | None = None,
-                  seed: int = 0, batch_size: int = 1000) -> dict[str, float]:
+                  seed: int = 0, batch_size: int = 1000,
+                  labels: torch.Tensor | None = None) -> dict[str, float]:
     """Mean ELBO terms over ``images`` in nats per image, plus ``negative_elbo``.
 
     Binarizes (by default, for a Bernoulli likelihood) with the same seeded draw
-    as :func:`vae_course.train.fit` uses for its test numbers.
+    as :func:`vae_course.train.fit` uses for its test numbers. A conditional VAE
+    needs the ``labels`` of the images (int64, one per image).
     """
     batch_size = check_number("batch_size", batch_size, integer=True)
     images = _prepared(model, images, binarize, seed)
+    rows = checked_one_hot(model, labels, images, "labels")  # one-hot rows, or None
     model.eval()
     with torch.random.fork_rng(devices=[model.device] if model.device.type == "cuda"
                                else []):
         torch.manual_seed(seed)
-        terms = mean_terms(model, images, batch_size)
+        terms = mean_terms(model, images, batch_size, labels=rows)
     terms["negative_elbo"] = -terms["elbo"]
     return terms
 
@@ -77,7 +88,9 @@ def importance_weighted_log_likelihood(model, images: torch.Tensor,
                                        binarize: bool | None = None, seed: int = 0,
                                        max_pixels: int = 2**24,
                                        progress: bool = False,
-                                       first_index: int = 0) -> torch.Tensor:
+                                       first_index: int = 0,
+                                       labels: torch.Tensor | None = None
+                                       ) -> torch.Tensor:
     """Estimate log p(x) for each image with ``num_samples`` importance samples.
 
     Image ``i`` of ``images`` is image ``first_index + i`` of its data set, and its
@@ -89,7 +102,8 @@ def importance_weighted_log_likelihood(model, images: torch.Tensor,
 
     Work is split into calls that decode at most ``max_pixels`` pixels, so memory
     stays bounded whatever K is; the split does not change the result. Returns a
-    (N,) tensor in nats on the CPU.
+    (N,) tensor in nats on the CPU. A conditional VAE needs the ``labels`` of the
+    images (int64, one per image) and then estimates log p(x|y).
     """
     if isinstance(num_samples, bool) or not isinstance(num_samples, int) \
             or num_samples < 1:
@@ -102,6 +116,7 @@ def importance_weighted_log_likelihood(model, images: torch.Tensor,
                          f"(one image); got {max_pixels!r}")
     images = _prepared(model, images, binarize, seed)
     check_pixels(images, model.likelihood)
+    rows = checked_one_hot(model, labels, images, "labels")  # one-hot rows, or None
     model.eval()
     rows_per_call = min(max_pixels // IMAGE_SIZE, ROWS_PER_CALL)
     # Whole images per group when K samples fit in one call, otherwise one image
@@ -115,17 +130,25 @@ def importance_weighted_log_likelihood(model, images: torch.Tensor,
     for start in starts:
         x = images[start:start + images_per_group]  # (group, 784)
         indices = range(first_index + start, first_index + start + len(x))
+        group_rows = None if rows is None else rows[start:start + images_per_group]
         log_weights = _log_weights(model, x, indices, num_samples, seed,
-                                   rows_per_call)  # (group, num_samples)
+                                   rows_per_call, group_rows)  # (group, num_samples)
         estimates.append(torch.logsumexp(log_weights, 1).cpu() - math.log(num_samples))
     return torch.cat(estimates)
 
 
-def _log_weights(model, x, indices, num_samples, seed, rows_per_call):
-    """log p(x|z) + log p(z) - log q(z|x) for each image's K codes: (group, K)."""
+def _log_weights(model, x, indices, num_samples, seed, rows_per_call, label_rows=None):
+    """log p(x|z) + log p(z) - log q(z|x) for each image's K codes: (group, K).
+
+    With the one-hot ``label_rows`` (group, classes) of a conditional VAE, every
+    distribution is also given y: log p(x|z,y) + log p(z) - log q(z|x,y).
+    """
     device = model.device
     x = x.to(device)
-    posterior = model.encode(x).base_dist
+    given = () if label_rows is None else (label_rows,)
+    # Each image's label for all of its codes: (group, 1, classes) broadcasts.
+    given_to_codes = () if label_rows is None else (label_rows[:, None],)
+    posterior = model.encode(x, *given).base_dist
     loc, log_scale = posterior.loc, posterior.scale.log()  # (group, latent_dim) each
     noise = torch.stack([
         torch.randn(num_samples, model.latent_dim, generator=image_generator(seed, i))
@@ -137,8 +160,7 @@ def _log_weights(model, x, indices, num_samples, seed, rows_per_call):
     rows_per_image = min(num_samples, rows_per_call)
     for done in range(0, num_samples, rows_per_image):
         codes = z[:, done:done + rows_per_image]  # (group, rows, latent_dim)
-        logits = model.decoder(codes.reshape(-1, model.latent_dim))  # (group*rows, 784)
-        logits = logits.reshape(*codes.shape[:2], IMAGE_SIZE)  # (group, rows, 784)
+        logits = model.decode_logits(codes, *given_to_codes)  # (group, rows, 784)
         pieces.append(_log_likelihood(model.likelihood, logits, x))
     return torch.cat(pieces, 1) + log_prior_ratio
 

@@ -1,10 +1,16 @@
-"""Encoder, decoder and the VAE module that ties them to the three distributions."""
+"""Encoder, decoder and the VAE module that ties them to the three distributions.
+
+:class:`ConditionalVAE` is the same model given the digit's label as well: its
+encoder gives q(z|x,y) and its decoder p(x|z,y), each fed the one-hot label beside
+its usual input (Sohn, Lee & Yan 2015; model M2 of Kingma et al. 2014).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .distributions import (
@@ -81,12 +87,15 @@ class VAE(nn.Module):
         """q(z|x) for a batch of flattened images (batch, 784)."""
         return posterior_from_encoder(self.encoder(x))
 
+    def decode_logits(self, z: torch.Tensor) -> torch.Tensor:
+        """The decoder's logits for latent codes (..., latent_dim): (..., 784)."""
+        leading = z.shape[:-1]
+        logits = self.decoder(z.reshape(-1, z.shape[-1]))  # (n, 784)
+        return logits.reshape(*leading, IMAGE_SIZE)  # (..., 784)
+
     def decode(self, z: torch.Tensor):
         """p(x|z) for latent codes of shape (..., latent_dim)."""
-        leading = z.shape[:-1]
-        logits = self.decoder(z.reshape(-1, self.latent_dim))  # (n, 784)
-        logits = logits.reshape(*leading, IMAGE_SIZE)  # (..., 784)
-        return likelihood_from_logits(logits, self.likelihood)
+        return likelihood_from_logits(self.decode_logits(z), self.likelihood)
 
     def forward(self, x: torch.Tensor):
         posterior = self.encode(x)
@@ -106,10 +115,116 @@ class VAE(nn.Module):
         return self.decode(self.encode(x).mean).mean
 
 
+class ConditionalVAE(VAE):
+    """A VAE given the label y too: q(z|x,y), p(x|z,y) and the same prior p(z).
+
+    Each network gets the one-hot label concatenated to its input, so the encoder
+    takes 784 + num_classes numbers and the decoder latent_dim + num_classes.
+    ``y`` is either int64 class indices, one per image (shape (batch,)), or float
+    one-hot rows (batch, num_classes), which may also be mixtures of classes.
+    """
+
+    def __init__(self, encoder: nn.Module, decoder: nn.Module, latent_dim: int,
+                 num_classes: int, likelihood: str = "bernoulli",
+                 config: dict | None = None):
+        super().__init__(encoder, decoder, latent_dim, likelihood, config)
+        self.num_classes = num_classes
+
+    def one_hot(self, y: torch.Tensor) -> torch.Tensor:
+        """``y`` as float one-hot rows (..., num_classes) of the weights' type."""
+        dtype = next(self.parameters()).dtype
+        if not isinstance(y, torch.Tensor):
+            raise TypeError(f"labels must be a torch.Tensor; got {type(y).__name__}")
+        if y.is_floating_point():
+            if y.dim() == 0 or y.shape[-1] != self.num_classes:
+                raise ValueError(
+                    f"a float y is read as one-hot rows of {self.num_classes} classes, "
+                    f"but it has shape {tuple(y.shape)}; pass int64 class indices "
+                    f"(labels.long()), or one-hot rows F.one_hot(labels, "
+                    f"{self.num_classes}).float()")
+            return y.to(dtype)
+        if y.dtype != torch.int64:
+            raise TypeError(f"labels must be int64 class indices; got {y.dtype}")
+        if y.numel() and bool(((y < 0) | (y >= self.num_classes)).any()):
+            raise ValueError(f"labels must lie in 0..{self.num_classes - 1}; found "
+                             f"{int(y.min())}..{int(y.max())}")
+        return F.one_hot(y, self.num_classes).to(dtype)
+
+    def _with_label(self, inputs: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """``inputs`` (..., d), the one-hot of ``y`` after them: (..., d + classes)."""
+        condition = self.one_hot(y)  # (..., num_classes)
+        leading = inputs.shape[:-1]
+        try:
+            condition = condition.expand(*leading, self.num_classes)
+        except RuntimeError:
+            raise ValueError(f"labels of shape {tuple(y.shape)} do not fit inputs of "
+                             f"shape {tuple(inputs.shape)}: give one int64 label "
+                             "per image, or one float one-hot row per image"
+                             ) from None
+        return torch.cat([inputs, condition], dim=-1)
+
+    def encode(self, x: torch.Tensor, y: torch.Tensor):
+        """q(z|x,y) for images (batch, 784) and their labels."""
+        return posterior_from_encoder(self.encoder(self._with_label(x, y)))
+
+    def decode_logits(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Logits of p(x|z,y) for codes (..., latent_dim): (..., 784).
+
+        The leading shape of ``y`` (or of its one-hot rows) broadcasts against that
+        of ``z``: labels (batch,) serve codes (samples, batch, latent_dim).
+        """
+        return super().decode_logits(self._with_label(z, y))
+
+    def decode(self, z: torch.Tensor, y: torch.Tensor):
+        """p(x|z,y) for codes (..., latent_dim) and labels."""
+        return likelihood_from_logits(self.decode_logits(z, y), self.likelihood)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor):
+        posterior = self.encode(x, y)
+        z = posterior.rsample()  # (batch, latent_dim), differentiable
+        return posterior, z, self.decode(z, y)
+
+    @torch.no_grad()
+    def sample(self, labels: torch.Tensor, generator: torch.Generator | None = None):
+        """Pixel means of p(x|z,y) for one prior code per label: (len(labels), 784)."""
+        z = torch.randn(len(labels), self.latent_dim, generator=generator,
+                        device="cpu" if generator is not None else self.device)
+        return self.decode(z.to(self.device), labels.to(self.device)).mean
+
+    @torch.no_grad()
+    def reconstruct(self, x: torch.Tensor, y: torch.Tensor):
+        """Pixel means of p(x|z,y) at the mean of q(z|x,y): (batch, 784)."""
+        return self.decode(self.encode(x, y).mean, y).mean
+
+
+def is_conditional(model) -> bool:
+    """Whether ``model`` needs the labels (a :class:`ConditionalVAE`)."""
+    return isinstance(model, ConditionalVAE)
+
+
+def label_arguments(model, labels: torch.Tensor | None) -> tuple:
+    """``(labels,)`` for a conditional model, ``()`` for a plain one.
+
+    ``model.encode(x, *label_arguments(model, labels))`` then works for both; a
+    conditional model without labels, or a plain one with them, is refused.
+    """
+    if is_conditional(model) and labels is None:
+        raise ValueError("this conditional VAE needs the label of every image: "
+                         "pass labels")
+    if not is_conditional(model) and labels is not None:
+        raise ValueError("labels were given, but this VAE is not conditional "
+                         "(build_vae(num_classes=10) builds one that is)")
+    return () if labels is None else (labels,)
+
+
 def build_vae(architecture: str = "mlp", latent_dim: int = 32,
               hidden_sizes: Sequence[int] = (100, 100),
-              likelihood: str = "bernoulli") -> VAE:
-    """The course's VAE; the default is the MLP 784-100-100-64 / 32-100-100-784."""
+              likelihood: str = "bernoulli", num_classes: int | None = None) -> VAE:
+    """The course's VAE; the default is the MLP 784-100-100-64 / 32-100-100-784.
+
+    ``num_classes=10`` builds the same MLP as a :class:`ConditionalVAE`, whose two
+    networks take the one-hot label as ``num_classes`` extra inputs.
+    """
     if architecture not in ARCHITECTURES:
         raise ValueError(f"unknown architecture {architecture!r}; choose one of "
                          f"{ARCHITECTURES}")
@@ -120,6 +235,8 @@ def build_vae(architecture: str = "mlp", latent_dim: int = 32,
     hidden_sizes = list(hidden_sizes)
     config = {"architecture": architecture, "latent_dim": latent_dim,
               "hidden_sizes": hidden_sizes, "likelihood": likelihood}
+    if num_classes is not None:
+        return _build_conditional(config, num_classes)
     if architecture == "mlp":
         encoder = mlp([IMAGE_SIZE, *hidden_sizes, 2 * latent_dim])
         decoder = mlp([latent_dim, *reversed(hidden_sizes), IMAGE_SIZE])
@@ -150,6 +267,20 @@ def init_output_bias(model: VAE, images: torch.Tensor, clip: float = 1e-3) -> VA
     means = images.double().mean(0).clamp(clip, 1 - clip)  # (784,)
     last.bias.copy_(torch.logit(means).to(last.bias))
     return model
+def _build_conditional(config: dict, num_classes: int) -> ConditionalVAE:
+    """The MLP of ``config`` with ``num_classes`` one-hot inputs more per network."""
+    if config["architecture"] != "mlp":
+        raise ValueError("the conditional VAE is an MLP; got architecture "
+                         f"{config['architecture']!r}")
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) \
+            or num_classes < 2:
+        raise ValueError(f"num_classes must be an integer of at least 2; "
+                         f"got {num_classes!r}")
+    latent_dim, hidden_sizes = config["latent_dim"], config["hidden_sizes"]
+    encoder = mlp([IMAGE_SIZE + num_classes, *hidden_sizes, 2 * latent_dim])
+    decoder = mlp([latent_dim + num_classes, *reversed(hidden_sizes), IMAGE_SIZE])
+    return ConditionalVAE(encoder, decoder, latent_dim, num_classes,
+                          config["likelihood"], {**config, "num_classes": num_classes})
 
 
 def count_parameters(module: nn.Module) -> int:

@@ -16,7 +16,7 @@ import torch
 from torch.distributions import Normal
 from torchvision.utils import make_grid
 
-from .models import VAE
+from .models import VAE, is_conditional, label_arguments
 
 NATS = "nats per image"
 
@@ -61,11 +61,20 @@ def plot_reconstructions(model: VAE, images: torch.Tensor, n: int = 10,
 
 
 @torch.no_grad()
-def latent_means(model: VAE, images: torch.Tensor, batch_size: int = 1000):
-    """Posterior means of every image: (N, latent_dim) on the CPU."""
+def latent_means(model: VAE, images: torch.Tensor, batch_size: int = 1000,
+                 labels: torch.Tensor | None = None):
+    """Posterior means of every image: (N, latent_dim) on the CPU.
+
+    A conditional VAE needs the ``labels`` too: its means are those of q(z|x,y).
+    """
     model.eval()
-    return torch.cat([model.encode(images[i:i + batch_size].to(model.device)).mean.cpu()
-                      for i in range(0, len(images), batch_size)])
+    means = []
+    for start in range(0, len(images), batch_size):
+        batch = images[start:start + batch_size].to(model.device)
+        given = label_arguments(model, None if labels is None else
+                                labels[start:start + batch_size].to(model.device))
+        means.append(model.encode(batch, *given).mean.cpu())
+    return torch.cat(means)
 
 
 def project_2d(codes: torch.Tensor) -> torch.Tensor:
@@ -78,9 +87,15 @@ def project_2d(codes: torch.Tensor) -> torch.Tensor:
 
 
 def plot_latent_scatter(model: VAE, images: torch.Tensor, labels: torch.Tensor, ax=None,
-                        model_name: str | None = None, label_name: str = "digit"):
-    """Posterior means coloured by label (projected by PCA when latent_dim > 2)."""
-    points = project_2d(latent_means(model, images)).numpy()
+                        model_name: str | None = None, label_name: str = "digit",
+                        split: str = "test"):
+    """Posterior means coloured by label (projected by PCA when latent_dim > 2).
+
+    A conditional VAE is given the same ``labels`` as its condition y; ``split``
+    names the images in the title.
+    """
+    conditions = labels if is_conditional(model) else None
+    points = project_2d(latent_means(model, images, labels=conditions)).numpy()
     if ax is None:
         _, ax = plt.subplots(figsize=(6, 5))
     colours = torch.as_tensor(labels).numpy()
@@ -95,7 +110,7 @@ def plot_latent_scatter(model: VAE, images: torch.Tensor, labels: torch.Tensor, 
         kind = f"first two principal components of {model.latent_dim}-D latent means"
         ax.set_xlabel("principal component 1 of the latent means")
         ax.set_ylabel("principal component 2 of the latent means")
-    ax.set_title(titled(f"test set, {kind}", model_name))
+    ax.set_title(titled(f"{split} set, {kind}", model_name))
     return ax.figure
 
 

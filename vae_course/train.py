@@ -23,7 +23,7 @@ from .data import binarize as binarize_images
 from .data import check_pixel_values
 from .distributions import check_pixels
 from .elbo import mean_terms, negative_elbo_of_checked_pixels
-from .models import IMAGE_SIZE
+from .models import IMAGE_SIZE, is_conditional
 
 TERMS = ("loss", "reconstruction", "entropy", "cross_entropy", "kl")
 # Steps between two looks at the losses (for divergence and the progress bar).
@@ -60,6 +60,43 @@ def check_images(images: torch.Tensor, name: str = "images",
         raise ValueError(f"{name} must be floating point of the model's type, "
                          f"{_short(dtype)}; got {_short(images.dtype)}{hint}")
     check_pixel_values(images, name)
+
+
+def check_labels(labels, num_images: int, num_classes: int,
+                 name: str = "labels") -> None:
+    """Refuse anything but int64 class indices 0..num_classes-1, one per image."""
+    if not isinstance(labels, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor; got {type(labels).__name__}")
+    if labels.dtype != torch.int64:
+        hint = " (labels as floats? convert them with .long())" \
+            if labels.is_floating_point() else " (convert them with .long())"
+        raise ValueError(f"{name} must be int64 class indices; got "
+                         f"{_short(labels.dtype)}{hint}")
+    if tuple(labels.shape) != (num_images,):
+        raise ValueError(f"{name} must have shape ({num_images},), one label per "
+                         f"image; got {tuple(labels.shape)}")
+    if bool(((labels < 0) | (labels >= num_classes)).any()):
+        raise ValueError(f"{name} must lie in 0..{num_classes - 1}; found "
+                         f"{int(labels.min())}..{int(labels.max())}")
+
+
+def checked_one_hot(model, labels, images, name: str) -> torch.Tensor | None:
+    """The one-hot rows of ``labels`` on the model's device, checked once; or None.
+
+    Labels are required exactly when the model is conditional and there are images
+    for them to label.
+    """
+    if images is None or not is_conditional(model):
+        if labels is not None:
+            why = ("without the images they label" if images is None else
+                   "but this VAE is not conditional (build_vae(num_classes=10) "
+                   "builds one that is)")
+            raise ValueError(f"{name} were given {why}")
+        return None
+    if labels is None:
+        raise ValueError(f"this conditional VAE needs {name}, the label of every image")
+    check_labels(labels, len(images), model.num_classes, name)
+    return model.one_hot(labels.to(model.device))  # (N, num_classes)
 
 
 def _short(dtype: torch.dtype) -> str:
@@ -101,7 +138,7 @@ def fixed_binarization(images: torch.Tensor, binarize: bool, seed: int = 0):
 
 
 def _train_epoch(model, optimizer, images, *, batch_size, binarize, beta, warmup_steps,
-                 epoch, step_offset, bar) -> dict[str, float]:
+                 epoch, step_offset, bar, label_rows=None) -> dict[str, float]:
     num_steps = math.ceil(len(images) / batch_size)
     # Each step's loss and its sums of the three terms, left on the device until
     # they are looked at: (num_steps, 4).
@@ -110,13 +147,16 @@ def _train_epoch(model, optimizer, images, *, batch_size, binarize, beta, warmup
     looked_at = 0
     for step in range(1, num_steps + 1):
         start = (step - 1) * batch_size
-        batch = images[order[start:start + batch_size]]  # (batch, 784)
+        indices = order[start:start + batch_size]
+        batch = images[indices]  # (batch, 784)
+        labels = None if label_rows is None else label_rows[indices]  # one-hot rows
         if binarize:
             # A fresh draw each time it is seen; fit checked the grey levels.
             batch = torch.bernoulli(batch)
         global_step = step_offset + step
         weight = beta * min(1.0, global_step / warmup_steps) if warmup_steps else beta
-        loss, terms = negative_elbo_of_checked_pixels(model, batch, beta=weight)
+        loss, terms = negative_elbo_of_checked_pixels(model, batch, beta=weight,
+                                                      labels=labels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -160,11 +200,11 @@ def _check_weights_finite(model, epoch: int) -> None:
             raise _diverged(epoch, f"{name} holds NaN or infinite weights")
 
 
-def _validation_terms(model, validation: torch.Tensor,
-                      epoch: int) -> dict[str, float]:
+def _validation_terms(model, validation: torch.Tensor, epoch: int,
+                      label_rows=None) -> dict[str, float]:
     """The validation pass of an epoch; a model broken by its last step diverged."""
     try:
-        terms = mean_terms(model, validation)
+        terms = mean_terms(model, validation, labels=label_rows)
     except ValueError as error:
         # torch.distributions refuses a scale that overflowed to inf or fell to 0.
         raise _diverged(epoch, str(error).splitlines()[0]) from None
@@ -180,7 +220,8 @@ def fit(model, train_images: torch.Tensor,
         seed: int = 0, binarize: bool | None = None, beta: float = 1.0,
         warmup_epochs: int = 0, progress: bool = True,
         callback: Callable | None = None, optimizer: torch.optim.Optimizer | None = None,
-        history: History | None = None) -> History:
+        history: History | None = None, train_labels: torch.Tensor | None = None,
+        validation_labels: torch.Tensor | None = None) -> History:
     """Train ``model`` with Adam and return its per-epoch :class:`History`.
 
     ``train_loss`` and ``validation_loss`` are the negative ELBO in nats per image
@@ -190,7 +231,9 @@ def fit(model, train_images: torch.Tensor,
     binary pixels for every batch and fixes one draw of the validation images.
     To resume, pass the ``optimizer`` and ``history`` saved with the model:
     every epoch reseeds from ``(seed, epoch)``, so the result equals a straight run.
-    ``callback(model, optimizer, history)`` runs after every epoch.
+    ``callback(model, optimizer, history)`` runs after every epoch. A conditional
+    VAE (``build_vae(num_classes=10)``) needs ``train_labels`` and, with validation
+    images, ``validation_labels``: int64 class indices, one per image.
     """
     num_epochs = check_number("num_epochs", num_epochs, integer=True)
     batch_size = check_number("batch_size", batch_size, integer=True)
@@ -202,6 +245,9 @@ def fit(model, train_images: torch.Tensor,
     check_images(train_images, "train_images", dtype)
     if validation_images is not None:
         check_images(validation_images, "validation_images", dtype)
+    train_rows = checked_one_hot(model, train_labels, train_images, "train_labels")
+    validation_rows = checked_one_hot(model, validation_labels, validation_images,
+                                      "validation_labels")
     binarize = wants_binarization(model, binarize)
     device = model.device
     train = train_images.to(device)
@@ -224,7 +270,8 @@ def fit(model, train_images: torch.Tensor,
             train_terms = _train_epoch(
                 model, optimizer, train, batch_size=batch_size, binarize=binarize,
                 beta=beta, warmup_steps=warmup_epochs * steps_per_epoch, epoch=epoch,
-                step_offset=(epoch - 1) * steps_per_epoch, bar=bar)
+                step_offset=(epoch - 1) * steps_per_epoch, bar=bar,
+                label_rows=train_rows)
             seconds = time.perf_counter() - started
             # The loop looks at the losses, not at what the last step did to the
             # weights: that is checked here, before the model is tested or saved.
@@ -233,7 +280,7 @@ def fit(model, train_images: torch.Tensor,
             row.update({f"train_{name}": value for name, value in train_terms.items()})
             if validation is not None:
                 model.eval()
-                row.update(_validation_terms(model, validation, epoch))
+                row.update(_validation_terms(model, validation, epoch, validation_rows))
             history.rows.append(row)
             if validation is not None:
                 bar.set_postfix(epoch=epoch,
