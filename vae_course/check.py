@@ -434,7 +434,7 @@ def _check_support(report, fn, value, logits, name) -> None:
                 f"{_listed(result)}. " + hint)
     else:
         shown = _listed(result) if isinstance(result, torch.Tensor) else repr(result)
-        hint = f"It returned {shown}, numbers that are no log-probabilities; " + hint
+        hint = f"It returned {shown}: numbers that are no log-probabilities. " + hint
     report.fail(what, hint)
 
 
@@ -863,7 +863,7 @@ def _check_monte_carlo_kl(fn, report: _Report, rows: int) -> bool:
                     + USE_RSAMPLE)
         return report.finish()
     report.ok("carries gradients back to mu")
-    many = mu.repeat_interleave(rows, 0).requires_grad_(True)           # (3 rows, 2)
+    many = mu.repeat_interleave(rows, 0).requires_grad_(True)       # (3 * rows, 2)
     estimates = _call(report, fn, _posterior(many, log_var.repeat_interleave(rows, 0)),
                       prior, what=f"runs on {3 * rows} rows")
     if not _is_tensor(report, estimates, "the estimates") or estimates.shape != (
@@ -916,6 +916,10 @@ def _compare_with_the_kl(report, value, value_error, slope, slope_error, mu, log
     what = "its gradient with respect to mu is the KL's gradient"
     if near(slope, reference_slope, slope_error, reference_error * slope_error):
         report.ok(what)
+    elif near(slope, torch.zeros_like(slope), slope_error):
+        report.fail(what, "it averages to zero: the gradient does not reach the encoder "
+                    "through z; " + USE_RSAMPLE)
     else:
-        report.fail(what, "the gradient does not reach the encoder through z: "
-                    + USE_RSAMPLE)
+        report.fail(what, f"expected {_listed(reference_slope, 2)}, got "
+                    f"{_listed(slope, 2)}: the gradient of a wrong value is wrong too; "
+                    "make the average the KL first.")
