@@ -12,7 +12,13 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from torch.distributions import Bernoulli, Independent, Normal
+from torch.distributions import (
+    Bernoulli,
+    Categorical,
+    Independent,
+    MixtureSameFamily,
+    Normal,
+)
 
 import vae_course as vc
 from vae_course import check
@@ -131,6 +137,12 @@ def test_checker_misuse_raises():
         check.log_prob(kl_right, family="poisson")
     with pytest.raises(ValueError, match="both"):
         check.negative_elbo(kl_right, model=vc.models.build_vae())
+    with pytest.raises(ValueError, match="takes"):
+        check.log_prob(kl_right, family="bernoulli", takes="log_var")
+    with pytest.raises(TypeError, match="no parentheses"):
+        check.mixture_prior_log_prob(None)
+    with pytest.raises(TypeError, match="no parentheses"):
+        check.monte_carlo_kl(0.5)
 
 
 # ------------------------------------------------------------ reparameterization
@@ -241,13 +253,185 @@ def test_normal_log_prob(capsys):
                       "treated as a variance")
 
 
+def test_bernoulli_log_prob_of_the_deep_bayes_tutorial(capsys):
+    """Its log_prob(2), with the support check off, is positive: the checker says so."""
+    def tutorial_log_prob(value, logits):
+        likelihood = Bernoulli(logits=logits, validate_args=False)  # PyTorch 1.0
+        return Independent(likelihood, 1).log_prob(value)
+
+    out = assert_fails_with(check.log_prob(tutorial_log_prob), capsys,
+                            "refuses log_prob(2)", "log_prob(2) returned positive",
+                            "raise ValueError", "refuses log_prob(0.5)")
+    assert "equals torch.distributions" in out.split("✗")[0]
+
+
+def normal_right(x, loc, log_var):
+    return Normal(loc, (0.5 * log_var).exp()).log_prob(x)
+
+
+def test_normal_log_prob_with_a_learned_variance(capsys):
+    assert_passes(check.log_prob(normal_right, "normal", takes="log_var"), capsys)
+
+    def by_hand(x, loc, log_var):  # summed over the pixels: one number per row
+        return (-0.5 * (vc.elbo.LOG_2PI + log_var + (x - loc)**2 / log_var.exp())
+                ).sum(-1)
+
+    assert_passes(check.log_prob(by_hand, "normal", takes="log_var"), capsys)
+
+
+def test_normal_log_prob_with_the_variance_as_scale(capsys):
+    variance_as_scale = lambda x, m, v: Normal(m, v.exp()).log_prob(x)  # noqa: E731
+    assert_fails_with(check.log_prob(variance_as_scale, "normal", takes="log_var"),
+                      capsys, "exp(log_var) is the variance",
+                      "log sigma^2 treated as log sigma")
+    squared = lambda x, m, s: Normal(m, s**2).log_prob(x)  # noqa: E731
+    assert_fails_with(check.log_prob(squared, "normal"), capsys,
+                      "variance sigma^2 was used where the standard deviation belongs")
+
+
+def test_normal_log_prob_with_the_log_variance_as_sigma(capsys):
+    def log_var_as_sigma(x, loc, log_var):  # negative log_var: nan, not a crash
+        return Normal(loc, log_var, validate_args=False).log_prob(x)
+
+    assert_fails_with(check.log_prob(log_var_as_sigma, "normal", takes="log_var"),
+                      capsys, "log_var is log sigma^2 and can be any real number")
+
+
+def test_normal_log_prob_that_drops_the_gradient(capsys):
+    detached = lambda x, m, v: normal_right(x, m, v).detach()  # noqa: E731
+    assert_fails_with(check.log_prob(detached, "normal", takes="log_var"), capsys,
+                      "carries gradients back to loc and log_var", "no grad_fn")
+
+
+# ------------------------------------------------------------- a mixture prior
+
+
+def mixture_right(z, logits, means, log_vars):
+    log_weights = logits.log_softmax(-1)                                   # (K,)
+    components = Independent(Normal(means, (0.5 * log_vars).exp()), 1)    # batch (K,)
+    return torch.logsumexp(log_weights + components.log_prob(z[:, None, :]), -1)
+
+
+def mixture_by_torch(z, logits, means, log_vars):
+    components = Independent(Normal(means, (0.5 * log_vars).exp()), 1)
+    return MixtureSameFamily(Categorical(logits=logits), components).log_prob(z)
+
+
+def components_of(z, means, log_vars):
+    return Independent(Normal(means, (0.5 * log_vars).exp()), 1).log_prob(z[:, None])
+
+
+def test_mixture_prior_right_answers_pass(capsys):
+    assert_passes(check.mixture_prior_log_prob(mixture_right), capsys)
+    assert_passes(check.mixture_prior_log_prob(mixture_by_torch), capsys)
+
+
+def test_mixture_prior_without_the_log_weights(capsys):
+    def no_weights(z, logits, means, log_vars):
+        return components_of(z, means, log_vars).logsumexp(-1)
+
+    assert_fails_with(check.mixture_prior_log_prob(no_weights), capsys,
+                      "The log mixture weights are missing", "log_softmax(logits)")
+
+    def raw_logits(z, logits, means, log_vars):
+        return (logits + components_of(z, means, log_vars)).logsumexp(-1)
+
+    assert_fails_with(check.mixture_prior_log_prob(raw_logits), capsys,
+                      "The weights are not normalised")
+
+    def weights_not_logs(z, logits, means, log_vars):
+        return (logits.softmax(-1) + components_of(z, means, log_vars)).logsumexp(-1)
+
+    assert_fails_with(check.mixture_prior_log_prob(weights_not_logs), capsys,
+                      "added as probabilities")
+
+
+def test_mixture_prior_in_probability_space(capsys):
+    def without_logsumexp(z, logits, means, log_vars):
+        densities = components_of(z, means, log_vars).exp()                # (n, K)
+        return (logits.softmax(-1) * densities).sum(-1).log()
+
+    out = assert_fails_with(check.mixture_prior_log_prob(without_logsumexp), capsys,
+                            "it returned [-inf, -inf]", "underflows to 0",
+                            "torch.logsumexp")
+    assert "✓ equals MixtureSameFamily" in out  # right where nothing underflows
+
+
+def test_mixture_prior_averaging_log_densities(capsys):
+    def jensen(z, logits, means, log_vars):
+        return (logits.softmax(-1) * components_of(z, means, log_vars)).sum(-1)
+
+    assert_fails_with(check.mixture_prior_log_prob(jensen), capsys,
+                      "an average of log-densities")
+
+
+def test_mixture_prior_per_component(capsys):
+    def per_component(z, logits, means, log_vars):
+        return logits.log_softmax(-1) + components_of(z, means, log_vars)
+
+    assert_fails_with(check.mixture_prior_log_prob(per_component), capsys,
+                      "returned shape (6, 3)", "logsumexp over the component")
+
+
+def kl_by_draw(posterior, prior):
+    z = posterior.rsample()
+    return posterior.log_prob(z) - prior.log_prob(z)
+
+
+def test_monte_carlo_kl_right_answers_pass(capsys):
+    assert_passes(check.monte_carlo_kl(kl_by_draw), capsys)
+
+    def exact_entropy(posterior, prior):  # entropy in closed form, -log p by a draw
+        return -posterior.entropy() - prior.log_prob(posterior.rsample())
+
+    assert_passes(check.monte_carlo_kl(exact_entropy), capsys)
+
+
+def test_monte_carlo_kl_with_sample(capsys):
+    def by_sample(posterior, prior):
+        z = posterior.sample()
+        return posterior.log_prob(z) - prior.log_prob(z)
+
+    out = assert_fails_with(check.monte_carlo_kl(by_sample), capsys,
+                            "the gradient does not reach the encoder through z",
+                            "use rsample")
+    assert "✓ its average over many draws is the KL" in out
+
+
+def test_monte_carlo_kl_with_flipped_sign_or_a_missing_term(capsys):
+    out = assert_fails_with(check.monte_carlo_kl(lambda q, p: -kl_by_draw(q, p)),
+                            capsys, "That is minus the KL",
+                            "the gradient of a wrong value is wrong too")
+    assert "rsample" not in out
+
+    def cross_entropy_only(posterior, prior):
+        return -prior.log_prob(posterior.rsample())
+
+    assert_fails_with(check.monte_carlo_kl(cross_entropy_only), capsys,
+                      "cross-entropy -log p(z) alone")
+
+    def against_the_standard_normal(posterior, prior):
+        return vc.elbo.kl_standard_normal(posterior)
+
+    assert_fails_with(check.monte_carlo_kl(against_the_standard_normal), capsys,
+                      "closed-form KL to N(0, I)")
+
+
 # ------------------------------------------------------------------ negative ELBO
 
 
-def loss_right(model, x):
-    posterior = model.encode(x)
-    z = posterior.rsample()
-    return -(model.decode(z).log_prob(x) - kl_of_posterior(posterior)).mean()
+def loss_drawing_with(method):
+    """The batch mean of -ELBO, with z drawn by ``posterior.<method>()``."""
+    def loss(model, x):
+        posterior = model.encode(x)
+        z = getattr(posterior, method)()
+        return -(model.decode(z).log_prob(x) - kl_of_posterior(posterior)).mean()
+
+    return loss
+
+
+loss_right = loss_drawing_with("rsample")
+loss_with_sample = loss_drawing_with("sample")  # no gradient reaches the encoder via z
 
 
 def loss_pixel_mean(model, x):
@@ -267,6 +451,23 @@ def loss_at_the_mean_when_testing(model, x):
     posterior = model.encode(x)
     z = posterior.rsample() if model.training else posterior.mean
     return -(model.decode(z).log_prob(x) - kl_of_posterior(posterior)).mean()
+
+
+def loss_with_log_var(log_var_of):
+    """A loss whose KL takes log sigma^2 and is given ``log_var_of(sigma)``."""
+    def loss(model, x):
+        posterior = model.encode(x)
+        kl = kl_right(posterior.mean, log_var_of(posterior.stddev))
+        return -(model.decode(posterior.rsample()).log_prob(x) - kl).mean()
+
+    return loss
+
+
+def loss_kl_784_times(model, x):
+    posterior = model.encode(x)
+    logits = model.decoder(posterior.rsample())
+    bce = F.binary_cross_entropy_with_logits(logits, x, reduction="none").sum(-1)
+    return (bce + 784 * kl_of_posterior(posterior)).mean()
 
 
 def test_negative_elbo_right_answers_pass(capsys):
@@ -535,3 +736,24 @@ def test_conditional_loss_that_never_uses_the_model(capsys):
 
     assert_fails_with(check.conditional_negative_elbo(constant), capsys,
                       "never called model.encoder (or model.encode)")
+def test_negative_elbo_with_sigma_for_the_log_variance(capsys):
+    right = loss_with_log_var(lambda sigma: 2 * sigma.log())
+    assert_passes(check.negative_elbo(right, num_calls=100), capsys)
+    assert_fails_with(check.negative_elbo(loss_with_log_var(lambda sigma: sigma),
+                                          num_calls=100),
+                      capsys, "You passed sigma where log sigma^2 is expected")
+    assert_fails_with(check.negative_elbo(loss_with_log_var(torch.log), num_calls=100),
+                      capsys, "You passed log sigma where log sigma^2 is expected")
+
+
+def test_negative_elbo_with_sample_instead_of_rsample(capsys):
+    out = assert_fails_with(check.negative_elbo(loss_with_sample, num_calls=100),
+                            capsys, "the gradient does not reach the encoder",
+                            "use rsample")
+    assert "1 of 4 checks failed" in out  # the values themselves are right
+
+
+def test_negative_elbo_with_the_kl_784_times_too_large(capsys):
+    out = assert_fails_with(check.negative_elbo(loss_kl_784_times, num_calls=100),
+                            capsys, "KL is 784x too large")
+    assert "Mean over pixels" not in out

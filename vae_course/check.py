@@ -13,9 +13,12 @@ checker                            the function it expects
 :func:`kl_standard_normal`         ``fn(mu, log_var) -> (batch,)``, or
                                    ``fn(posterior)``
 :func:`reparameterize`             ``fn(mu, log_var) -> z``, same shape as ``mu``
-:func:`log_prob`                   ``fn(value, logits)`` (Bernoulli) or
-                                   ``fn(value, loc, scale)`` (Normal)
+:func:`log_prob`                   ``fn(value, logits)`` (Bernoulli),
+                                   ``fn(value, loc, scale)`` or
+                                   ``fn(value, loc, log_var)`` (Normal)
 :func:`negative_elbo`              ``fn(model, x) -> scalar loss`` (batch mean)
+:func:`mixture_prior_log_prob`     ``fn(z, logits, means, log_vars) -> (batch,)``
+:func:`monte_carlo_kl`             ``fn(posterior, prior) -> (batch,)``
 :func:`log_likelihood_estimate`    ``fn(model, x, K) -> (batch,)``,
                                    importance-sampled log p(x)
 :func:`conditional_negative_elbo`  ``fn(model, x, y) -> scalar loss`` for a
@@ -30,18 +33,32 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from contextlib import contextmanager
 
 import torch
-from torch.distributions import Bernoulli, Independent, Normal
+from torch.distributions import (
+    Bernoulli,
+    Categorical,
+    Independent,
+    MixtureSameFamily,
+    Normal,
+)
 
 from .elbo import LOG_2PI, elbo_terms
 from .elbo import kl_standard_normal as kl_of_posterior
 from .models import IMAGE_SIZE, build_vae, is_conditional
 
 __all__ = ["LinearGaussianVAE", "conditional_negative_elbo", "kl_standard_normal",
-           "log_likelihood_estimate", "log_prob", "negative_elbo", "reparameterize"]
+           "log_likelihood_estimate", "log_prob", "mixture_prior_log_prob",
+           "monte_carlo_kl", "negative_elbo", "reparameterize"]
 
 PASS, FAIL = "✓", "✗"
+# Hints shared by several checkers.
+USE_RSAMPLE = ("use rsample (or loc + scale * eps with eps = torch.randn_like(loc)), "
+               "not sample: sample() draws under torch.no_grad().")
+LOG_VAR_IS_ANY_REAL = ("it returned nan or inf: log_var is log sigma^2 and can be any "
+                       "real number; sigma = exp(0.5 * log_var), so do not take the "
+                       "log or the square root of log_var itself.")
 
 
 class _Report:
@@ -196,8 +213,7 @@ def kl_standard_normal(fn: Callable, takes: str = "mu_log_var") -> bool:
         return report.finish()
     report.ok(f"returns one KL per example, shape ({batch},)")
     if not bool(torch.isfinite(result).all()):
-        report.fail("is finite", "it returned nan or inf: log_var is log sigma^2 and "
-                    "can be any real number; do not take its log or its square root.")
+        report.fail("is finite", LOG_VAR_IS_ANY_REAL)
         return report.finish()
     if result.requires_grad:
         report.ok("carries gradients back to mu and log_var")
@@ -261,11 +277,9 @@ def _check_reparameterize(fn, report: _Report) -> bool:
         report.fail("adds random noise", "z equals mu: no noise was added; "
                     "z = mu + sigma * eps with eps = torch.randn_like(mu).")
         return report.finish()
-    sample_hint = ("use rsample (or loc + scale * eps with eps = torch.randn_like(loc))"
-                   ", not sample: sample() draws under torch.no_grad().")
     if not z.requires_grad:
         report.fail("lets the gradient reach the mean and the scale",
-                    "gradient does not reach the mean or the scale: " + sample_hint)
+                    "gradient does not reach the mean or the scale: " + USE_RSAMPLE)
         return report.finish()
     grad_mu, grad_log_var = torch.autograd.grad(
         z, [mu, log_var], torch.ones_like(z), allow_unused=True)
@@ -274,7 +288,7 @@ def _check_reparameterize(fn, report: _Report) -> bool:
     if missing:
         report.fail("lets the gradient reach the mean and the scale",
                     f"gradient does not reach the {' or the '.join(missing)}: "
-                    + sample_hint)
+                    + USE_RSAMPLE)
         return report.finish()
     report.ok("lets the gradient reach the mean and the scale")
     z = z.detach()
@@ -331,23 +345,30 @@ def _check_draws(fn, report: _Report, base_mu, base_log_var) -> None:
 # -------------------------------------------------------------------- log_prob
 
 
-def log_prob(fn: Callable, family: str = "bernoulli") -> bool:
+def log_prob(fn: Callable, family: str = "bernoulli", takes: str | None = None) -> bool:
     """Check a learner's log-probability (or log-density) function.
 
     ``family="bernoulli"``: ``fn(value, logits)`` scores binary pixels under
     ``Bernoulli(logits=logits)``. ``family="normal"``: ``fn(value, loc, scale)``
-    scores under ``Normal(loc, scale)``, with ``scale`` the standard deviation (as in
-    a Gaussian decoder with a learned variance). Either may return one number per
-    entry (the shape of ``value``) or per row (summed over the last dimension).
-    A Bernoulli log-probability must refuse values outside {0, 1} (raise an error or
-    return -inf), as ``torch.distributions`` does. Returns True when all passed.
+    scores under ``Normal(loc, scale)``, with ``scale`` the standard deviation; with
+    ``takes="log_var"`` it is called as ``fn(value, loc, log_var)`` with
+    ``log_var`` = log sigma^2, what a Gaussian decoder with a learned variance
+    outputs for each pixel. Either family may return one number per entry (the
+    shape of ``value``) or per row (summed over the last dimension). A Bernoulli
+    log-probability must refuse values outside {0, 1} (raise an error or return
+    -inf), as ``torch.distributions`` does. Returns True when all passed.
     """
     _require_callable(fn)
+    allowed = {"bernoulli": ("logits",), "normal": ("scale", "log_var")}
+    if family not in allowed:
+        raise ValueError(f"family must be 'bernoulli' or 'normal'; got {family!r}")
+    takes = takes or allowed[family][0]
+    if takes not in allowed[family]:
+        raise ValueError(f"takes must be one of {allowed[family]} for family "
+                         f"{family!r}; got {takes!r}")
     if family == "bernoulli":
         return _check_bernoulli(fn)
-    if family == "normal":
-        return _check_normal(fn)
-    raise ValueError(f"family must be 'bernoulli' or 'normal'; got {family!r}")
+    return _check_normal(fn, takes)
 
 
 def _reduced_like(report, result, value, reference, what) -> torch.Tensor | None:
@@ -385,15 +406,11 @@ def _check_bernoulli(fn) -> bool:
     if _close(result, expected):
         report.ok("equals torch.distributions.Bernoulli(logits=...).log_prob")
     else:
-        flipped = Bernoulli(logits=logits).log_prob(1 - pixels)
-        if result.shape != pixels.shape:
-            flipped = flipped.sum(-1)
-        hint = f"expected {_listed(expected)}, got {_listed(result)}."
-        if _close(result, -expected):
-            hint += " That is minus the log-probability (a BCE loss), not log p."
-        elif _close(result, flipped):
-            hint += " That scores 1 - x: log p(x = 1) = log sigmoid(logit)."
-        hint += " By hand: x * logits - softplus(logits)."
+        slips = [(-exact, "That is minus the log-probability (a BCE loss), not log p."),
+                 (Bernoulli(logits=logits).log_prob(1 - pixels),
+                  "That scores 1 - x: log p(x = 1) = log sigmoid(logit).")]
+        hint = (_hint_from_slips(result, expected, slips)
+                + " By hand: x * logits - softplus(logits).")
         report.fail("equals torch.distributions.Bernoulli(logits=...).log_prob", hint)
     for bad, name in ((2.0, "log_prob(2)"), (0.5, "log_prob(0.5), a grey pixel")):
         _check_support(report, fn, torch.full_like(pixels, bad), logits, name)
@@ -423,55 +440,84 @@ def _check_support(report, fn, value, logits, name) -> None:
                 f"{_listed(result)}. " + hint)
     else:
         shown = _listed(result) if isinstance(result, torch.Tensor) else repr(result)
-        hint = f"It returned {shown}, numbers that are no log-probabilities; " + hint
+        hint = f"It returned {shown}: numbers that are no log-probabilities. " + hint
     report.fail(what, hint)
 
 
-def _normal_candidates(value, loc, scale):
-    """Common slips in a Normal log-density, each with its hint."""
+def _normal_slips(value, loc, sigma, takes):
+    """Common slips in a Normal log-density: (what each computes, its hint)."""
     square = (value - loc) ** 2
+
+    def log_normal(scale):  # the right formula, with the given scale in it
+        return -0.5 * LOG_2PI - scale.log() - square / (2 * scale**2)
+
+    right = log_normal(sigma)
+    if takes == "scale":
+        as_sd = ("The variance sigma^2 was used where the standard deviation belongs: "
+                 "Normal(loc, scale) takes sigma, not sigma^2.")
+        as_variance = ("the scale was treated as a variance: Normal(loc, scale) takes "
+                       "the standard deviation.")
+    else:
+        as_sd = ("exp(log_var) is the variance sigma^2, used here as the standard "
+                 "deviation (log sigma^2 treated as log sigma): the scale is "
+                 "sigma = exp(0.5 * log_var).")
+        as_variance = ("exp(0.5 * log_var) is the standard deviation, used here as the "
+                       "variance: sigma^2 = exp(log_var).")
     return [
-        (-0.5 * LOG_2PI - scale.log() - square / (2 * scale**2), None),
-        (0.5 * LOG_2PI + scale.log() + square / (2 * scale**2),
-         "That is minus the log-density (a negative log-likelihood)."),
-        (-scale.log() - square / (2 * scale**2),
-         "The constant -1/2 log(2 pi) is missing."),
-        (-0.5 * LOG_2PI - 2 * scale.log() - square / (2 * scale**2),
-         "log sigma^2 was used where log sigma belongs: the normaliser of "
-         "N(mu, sigma^2) is sigma sqrt(2 pi)."),
-        (-0.5 * LOG_2PI - scale.log() - square / scale**2,
+        (-right, "That is minus the log-density (a negative log-likelihood)."),
+        (right + 0.5 * LOG_2PI, "The constant -1/2 log(2 pi) is missing."),
+        (right - sigma.log(), "log sigma^2 was used where log sigma belongs: the "
+         "normaliser of N(mu, sigma^2) is sigma sqrt(2 pi)."),
+        (right - square / (2 * sigma**2),
          "The factor 1/2 in front of (x - mu)^2 / sigma^2 is missing."),
-        (-0.5 * LOG_2PI - scale.log() - square / (2 * scale),
+        (-0.5 * LOG_2PI - sigma.log() - square / (2 * sigma),
          "(x - mu)^2 was divided by sigma, not by sigma^2."),
-        (-0.5 * LOG_2PI - 0.5 * scale.log() - square / (2 * scale),
-         "the scale was treated as a variance: Normal(loc, scale) takes the standard "
-         "deviation."),
+        (log_normal(sigma**2), as_sd),
+        (log_normal(sigma.sqrt()), as_variance),
     ]
 
 
-def _check_normal(fn) -> bool:
-    report = _Report("Checking the Normal log-density, called as fn(value, loc, scale):")
+def _hint_from_slips(result, expected, slips) -> str:
+    """Expected and got, and the slip whose value the result matches, if any."""
+    hint = f"expected {_listed(expected)}, got {_listed(result)}."
+    for candidate, slip in slips:
+        if result.shape != candidate.shape:
+            candidate = candidate.sum(-1)
+        if _close(result, candidate):
+            return hint + " " + slip
+    return hint
+
+
+def _check_normal(fn, takes: str) -> bool:
+    report = _Report(f"Checking the Normal log-density, called as "
+                     f"fn(value, loc, {takes}):")
     value = torch.tensor([[0.0, 1.0, 1.0], [0.3, -2.0, 4.0]], dtype=torch.float64)
     loc = torch.tensor([[0.0, 1.0, -2.0], [1.0, -1.0, 0.5]], dtype=torch.float64)
-    scale = torch.tensor([[1.0, 0.1, 2.0], [0.5, 3.0, 1.5]], dtype=torch.float64)
-    result = _call(report, fn, value, loc, scale)
-    exact = Normal(loc, scale).log_prob(value)
+    sigma = torch.tensor([[1.0, 0.1, 2.0], [0.5, 3.0, 1.5]], dtype=torch.float64)
+    given = sigma if takes == "scale" else 2 * sigma.log()  # what fn receives
+    loc_leaf, given_leaf = loc.clone().requires_grad_(True), given.requires_grad_(True)
+    result = _call(report, fn, value, loc_leaf, given_leaf)
+    exact = Normal(loc, sigma).log_prob(value)
     expected = _reduced_like(report, result, value, exact, "log-densities")
     if expected is None:
         return report.finish()
     report.ok(f"returns shape {tuple(result.shape)} for values of shape (2, 3)")
-    what = "equals torch.distributions.Normal(loc, scale).log_prob"
+    if not bool(torch.isfinite(result).all()):
+        report.fail("is finite", LOG_VAR_IS_ANY_REAL if takes == "log_var" else
+                    "it returned nan or inf: the scale is positive, so check each log.")
+        return report.finish()
+    what = f"carries gradients back to loc and {takes}"
+    if result.requires_grad:
+        report.ok(what)
+    else:
+        report.fail(what, "the result has no grad_fn: a decoder learns loc and "
+                    f"{takes} by this gradient; no .item(), .detach() or NumPy.")
+    what = "equals torch.distributions.Normal(loc, sigma).log_prob"
     if _close(result, expected):
         report.ok(what)
-        return report.finish()
-    hint = f"expected {_listed(expected)}, got {_listed(result)}."
-    for candidate, slip in _normal_candidates(value, loc, scale)[1:]:
-        if result.shape != value.shape:
-            candidate = candidate.sum(-1)
-        if _close(result, candidate):
-            hint += " " + slip
-            break
-    report.fail(what, hint)
+    else:
+        report.fail(what, _hint_from_slips(result, expected,
+                                           _normal_slips(value, loc, sigma, takes)))
     return report.finish()
 
 
@@ -519,13 +565,25 @@ def _loss_value(report, fn, model, images, what):
     return result
 
 
-def _loss_hint(mean, tolerance, terms, latent_dim, batch) -> str:
+def _loss_hint(mean, tolerance, terms, posterior, batch) -> str:
     reconstruction, kl = terms["reconstruction"], terms["kl"]
+    mu, sigma = posterior.mean, posterior.stddev
+    latent_dim = mu.shape[-1]
     candidates = [
         (-(reconstruction / IMAGE_SIZE - kl).mean(),
          "Mean over pixels instead of sum: the reconstruction term is 784x too small "
          "next to the KL. Sum log p(x|z) over the 784 pixels (Independent, or "
          "reduction='sum')."),
+        (-(reconstruction - IMAGE_SIZE * kl).mean(),
+         "The KL is 784x too large next to the reconstruction, the balance a mean "
+         "over pixels gives (a beta-VAE with beta = 784): sum log p(x|z) over the "
+         "pixels and add the KL once per image."),
+        (-(reconstruction - _kl_closed_form(mu, sigma)).mean(),
+         "You passed sigma where log sigma^2 is expected: the KL was computed with "
+         "log_var = sigma. The posterior's stddev is sigma; log_var = 2 * log(sigma)."),
+        (-(reconstruction - _kl_closed_form(mu, sigma.log())).mean(),
+         "You passed log sigma where log sigma^2 is expected: "
+         "log_var = 2 * log(sigma), not log(sigma)."),
         (-(reconstruction / IMAGE_SIZE - kl / latent_dim).mean(),
          "Mean over pixels and over latent units instead of sums: both terms are "
          f"too small (784x and {latent_dim}x). Sum within an image, average over "
@@ -534,7 +592,8 @@ def _loss_hint(mean, tolerance, terms, latent_dim, batch) -> str:
          f"The KL is {latent_dim}x too small: sum it over the latent units, "
          "do not average."),
         (-(reconstruction + kl).mean(),
-         "Flipped KL sign: the loss is -(reconstruction - KL) = -reconstruction + KL."),
+         "Flipped KL sign: the KL enters the loss as if it were negative. The loss is "
+         "-(reconstruction - KL) = -reconstruction + KL."),
         ((reconstruction - kl).mean(),
          "That is the ELBO itself: the loss to minimise is its negative."),
         (-reconstruction.mean(), "The KL term is missing."),
@@ -580,6 +639,22 @@ def negative_elbo(fn: Callable, model=None, images: torch.Tensor | None = None,
         model.train(was_training)
 
 
+@contextmanager
+def _decoder_inputs(model):
+    """The tensors the model's decoder network receives while the block runs."""
+    inputs = []
+    decoder = getattr(model, "decoder", None)
+    if not isinstance(decoder, torch.nn.Module):  # another kind of model: no record
+        yield inputs
+        return
+    handle = decoder.register_forward_pre_hook(
+        lambda module, args: inputs.extend(a for a in args if torch.is_tensor(a)))
+    try:
+        yield inputs
+    finally:
+        handle.remove()
+
+
 def _check_negative_elbo(fn, model, images, num_calls, report, labels=None,
                          first_loss=None) -> bool:
     """The loss's gradient and its average against the -ELBO (given ``labels``).
@@ -588,9 +663,10 @@ def _check_negative_elbo(fn, model, images, num_calls, report, labels=None,
     """
     given = () if labels is None else (labels,)
     model.train()
-    loss = first_loss
+    loss, codes = first_loss, []
     if loss is None:
-        loss = _loss_value(report, fn, model, images, "your function runs")
+        with _decoder_inputs(model) as codes:
+            loss = _loss_value(report, fn, model, images, "your function runs")
     if loss is None:
         return report.finish()
     report.ok("returns one number for the batch")
@@ -598,7 +674,13 @@ def _check_negative_elbo(fn, model, images, num_calls, report, labels=None,
         report.fail("carries gradients to the model",
                     "the loss has no grad_fn: no .item(), .detach() or torch.no_grad().")
         return report.finish()
-    report.ok("carries gradients to the model")
+    if codes and not any(z.requires_grad for z in codes):
+        report.fail("carries gradients to the model",
+                    "the gradient does not reach the encoder: the decoder's z is a "
+                    "constant to autograd, so the reconstruction term cannot train "
+                    "the encoder; " + USE_RSAMPLE)
+    else:
+        report.ok("carries gradients to the model")
     with torch.no_grad():
         terms = elbo_terms(model, images, num_samples=2000, labels=labels)
         posterior = model.encode(images, *given)
@@ -631,7 +713,7 @@ def _check_negative_elbo(fn, model, images, num_calls, report, labels=None,
         if abs(mean - expected) < tolerance + 1e-4 * abs(expected):
             report.ok(f"{what} ({expected:.1f} nats per image)")
         else:
-            report.fail(what, _loss_hint(mean, tolerance, terms, model.latent_dim,
+            report.fail(what, _loss_hint(mean, tolerance, terms, posterior,
                                          len(images)))
     return report.finish()
 
@@ -927,3 +1009,225 @@ def conditional_negative_elbo(fn: Callable, model=None,
         for hook in hooks:
             hook.remove()
         model.train(was_training)
+# ------------------------------------------------------------- a mixture prior
+
+
+def _mixture_setting():
+    """A mixture of 3 Gaussians in 2-D with unequal weights: logits, means, log_vars."""
+    logits = torch.tensor([0.5, -1.0, 1.5], dtype=torch.float64)          # (K,)
+    means = torch.tensor([[-2.0, 0.0], [2.0, 1.0], [0.0, -3.0]],
+                         dtype=torch.float64)                             # (K, 2)
+    log_vars = torch.tensor([[0.0, -1.0], [-0.5, 0.5], [1.0, -2.0]],
+                            dtype=torch.float64)                          # (K, 2)
+    return logits, means, log_vars
+
+
+def _mixture_prior(logits, means, log_vars) -> MixtureSameFamily:
+    """sum_k pi_k N(mu_k, diag sigma_k^2) with pi = softmax(logits): the reference."""
+    components = Independent(Normal(means, (0.5 * log_vars).exp()), 1)   # batch (K,)
+    return MixtureSameFamily(Categorical(logits=logits), components)
+
+
+def _mixture_slips(z, logits, means, log_vars):
+    """Common slips in a mixture's log-density: (what each computes, its hint)."""
+    def log_components(scale):                                            # (n, K)
+        return Independent(Normal(means, scale), 1).log_prob(z[:, None, :])
+
+    log_n = log_components((0.5 * log_vars).exp())
+    log_weights = logits.log_softmax(-1)
+    weights_hint = "log pi = log_softmax(logits) (Categorical(logits=logits) holds it)"
+    return [
+        (log_n.logsumexp(-1),
+         "The log mixture weights are missing: log p(z) = logsumexp over k of "
+         f"(log pi_k + log N(z; mu_k, sigma_k^2)), with {weights_hint}."),
+        ((logits + log_n).logsumexp(-1),
+         f"The weights are not normalised: add {weights_hint}, not the raw logits."),
+        ((log_weights.exp() + log_n).logsumexp(-1),
+         f"The weights were added as probabilities: add their logs, {weights_hint}."),
+        (log_n.logsumexp(-1) - math.log(len(logits)),
+         f"The weights were ignored (each component weighs 1/K): add {weights_hint}."),
+        ((log_weights.exp() * log_n).sum(-1),
+         "That is sum_k pi_k log N_k, an average of log-densities (a lower bound, by "
+         "Jensen), not log sum_k pi_k N_k: combine the components with "
+         "torch.logsumexp."),
+        ((log_weights + log_components(log_vars.exp())).logsumexp(-1),
+         "log_vars is log sigma^2: the components' scale is exp(0.5 * log_vars), "
+         "not exp(log_vars)."),
+    ]
+
+
+def mixture_prior_log_prob(fn: Callable) -> bool:
+    r"""Check a learner's log-density of a mixture-of-Gaussians prior.
+
+    ``fn(z, logits, means, log_vars)`` receives points ``z`` (batch, latent_dim),
+    the mixture's ``logits`` (K,), with weights :math:`\pi = \mathrm{softmax}`
+    (logits), and each component's means and log-variances (K, latent_dim); it
+    returns :math:`\log \sum_k \pi_k \mathcal{N}(z; \mu_k, \mathrm{diag}\,
+    \sigma_k^2)` for each point, shape (batch,). It is compared with
+    ``torch.distributions.MixtureSameFamily`` near the components and far from all
+    of them, where every density underflows to 0. Returns True when all passed.
+    """
+    _require_callable(fn)
+    report = _Report("Checking the mixture prior's log-density, called as "
+                     "fn(z, logits, means, log_vars):")
+    logits, means, log_vars = _mixture_setting()
+    near = means[[0, 1, 2, 0, 1, 2]] + torch.randn(
+        6, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    leaves = [t.clone().requires_grad_(True) for t in (near, logits, means, log_vars)]
+    result = _call(report, fn, *leaves)
+    if not _is_tensor(report, result, "log p(z) of each point"):
+        return report.finish()
+    if result.shape != (6,):
+        hint = (f"for 6 points it returned shape {tuple(result.shape)}; return one "
+                "log-density per point.")
+        if tuple(result.shape) == (6, 3):
+            hint += (" That is one per point and component: combine the 3 components "
+                     "with torch.logsumexp over the component dimension.")
+        report.fail("returns one log-density per point, shape (6,)", hint)
+        return report.finish()
+    report.ok("returns one log-density per point, shape (6,)")
+    what = "carries gradients back to z and to the prior's parameters"
+    if result.requires_grad:
+        report.ok(what)
+    else:
+        report.fail(what, "the result has no grad_fn: the encoder learns through z, "
+                    "a learned prior through its parameters; no .item() or .detach().")
+    expected = _mixture_prior(logits, means, log_vars).log_prob(near)
+    what = "equals MixtureSameFamily(...).log_prob near the components"
+    if _close(result, expected):
+        report.ok(what)
+    else:
+        report.fail(what, _hint_from_slips(result, expected,
+                                           _mixture_slips(near, *leaves[1:])))
+    _check_far_from_the_mixture(fn, report, logits, means, log_vars)
+    return report.finish()
+
+
+def _check_far_from_the_mixture(fn, report, logits, means, log_vars) -> None:
+    far = torch.tensor([[60.0, -60.0], [-80.0, 50.0]], dtype=torch.float64)
+    result = _call(report, fn, far, logits, means, log_vars,
+                   what="runs on points far from every component")
+    if not _is_tensor(report, result, "log p(z) far from the components"):
+        return
+    expected = _mixture_prior(logits, means, log_vars).log_prob(far)
+    what = "is finite and right far from every component, where densities underflow"
+    if _close(result, expected):
+        report.ok(what)
+    elif result.shape == expected.shape and not bool(torch.isfinite(result).all()):
+        report.fail(what, f"it returned {_listed(result)}: there each density "
+                    "exp(log N) underflows to 0, and log(0) = -inf. Summing densities "
+                    "in probability space, log(sum(pi * exp(log N))), fails there; "
+                    "add in log space with torch.logsumexp.")
+    else:
+        report.fail(what, _hint_from_slips(result, expected,
+                                           _mixture_slips(far, logits, means, log_vars)))
+
+
+def monte_carlo_kl(fn: Callable, rows: int = 4000) -> bool:
+    r"""Check a learner's Monte Carlo estimate of :math:`\mathrm{KL}(q(z|x) \| p(z))`.
+
+    For a prior without a closed-form KL, such as a mixture of Gaussians.
+    ``fn(posterior, prior)`` receives ``q = Independent(Normal(mu, sigma), 1)``,
+    batch shape (batch,), and a prior with ``log_prob`` (here a
+    ``MixtureSameFamily``), and returns one estimate per example, shape (batch,),
+    from reparameterized draws: ``log q(z|x) - log p(z)`` at ``z = q.rsample()``.
+    Three posteriors, each repeated ``rows`` times, give the average of the
+    estimates and of their gradient in mu, compared with precise references.
+    Returns True when all passed.
+    """
+    _require_callable(fn)
+    report = _Report("Checking the Monte Carlo KL, called as fn(posterior, prior):")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        return _check_monte_carlo_kl(fn, report, rows)
+
+
+def _posterior(mu, log_var) -> Independent:
+    return Independent(Normal(mu, (0.5 * log_var).exp()), 1)
+
+
+def _mean_and_error(values: torch.Tensor):
+    """Means over the last-but-one dimension of (3, n, ...) and their standard errors."""
+    return values.mean(1), values.std(1) / math.sqrt(values.shape[1])
+
+
+def _check_monte_carlo_kl(fn, report: _Report, rows: int) -> bool:
+    prior = _mixture_prior(*_mixture_setting())
+    mu = torch.tensor([[4.0, 4.0], [-2.0, 0.5], [0.5, -2.5]], dtype=torch.float64)
+    log_var = torch.tensor([[-2.0, -2.5], [-1.0, -1.5], [-2.0, -1.0]],
+                           dtype=torch.float64)
+    leaf = mu.clone().requires_grad_(True)
+    result = _call(report, fn, _posterior(leaf, log_var), prior)
+    if not _is_tensor(report, result, "one estimate per example"):
+        return report.finish()
+    if result.shape != (3,):
+        report.fail("returns one estimate per example, shape (3,)",
+                    f"for 3 posteriors it returned shape {tuple(result.shape)}; score "
+                    "z = posterior.rsample() under both and subtract: (batch,).")
+        return report.finish()
+    report.ok("returns one estimate per example, shape (3,)")
+    if not result.requires_grad:
+        report.fail("carries gradients back to mu", "the result has no grad_fn: "
+                    + USE_RSAMPLE)
+        return report.finish()
+    report.ok("carries gradients back to mu")
+    many = mu.repeat_interleave(rows, 0).requires_grad_(True)       # (3 * rows, 2)
+    estimates = _call(report, fn, _posterior(many, log_var.repeat_interleave(rows, 0)),
+                      prior, what=f"runs on {3 * rows} rows")
+    if not _is_tensor(report, estimates, "the estimates") or estimates.shape != (
+            3 * rows,):
+        return report.finish()
+    (gradient,) = torch.autograd.grad(estimates.sum(), many)
+    value, value_error = _mean_and_error(estimates.detach().double().view(3, rows))
+    slope, slope_error = _mean_and_error(gradient.view(3, rows, 2))
+    _compare_with_the_kl(report, value, value_error, slope, slope_error, mu, log_var,
+                         prior, rows)
+    return report.finish()
+
+
+def _compare_with_the_kl(report, value, value_error, slope, slope_error, mu, log_var,
+                         prior, rows, num_draws=100_000) -> None:
+    leaf = mu.clone().requires_grad_(True)
+    posterior = _posterior(leaf, log_var)
+    z = posterior.rsample((num_draws,))                                 # (S, 3, 2)
+    # The reference gradient's error, for the same spread per draw as the learner's.
+    reference_error = math.sqrt(rows / num_draws)
+    log_q, log_p = posterior.log_prob(z), prior.log_prob(z)             # (S, 3)
+    kl, kl_error = _mean_and_error((log_q - log_p).detach().T)
+    (reference_slope,) = torch.autograd.grad((log_q - log_p).mean(0).sum(), leaf)
+
+    def near(a, b, *errors):
+        return bool(((a - b).abs() < 5 * sum(e**2 for e in errors).sqrt() + 1e-6).all())
+
+    what = "its average over many draws is the KL"
+    if near(value, kl, value_error, kl_error):
+        report.ok(what)
+    else:
+        cross_entropy = -log_p.detach().mean(0)
+        candidates = [
+            (-kl, "That is minus the KL: the sign is flipped; the KL is "
+                  "log q(z|x) - log p(z), never negative on average."),
+            (cross_entropy, "That is the cross-entropy -log p(z) alone: subtract the "
+                            "entropy, that is add log q(z|x)."),
+            (-posterior.entropy().detach(),
+             "That is log q(z|x) alone, minus the entropy: subtract log p(z)."),
+            (_kl_closed_form(mu, log_var),
+             "That is the closed-form KL to N(0, I), but the prior is the mixture "
+             "passed as `prior`: score z under it, prior.log_prob(z)."),
+        ]
+        hint = f"expected {_listed(kl, 2)}, got {_listed(value, 2)}."
+        for candidate, slip in candidates:
+            if near(value, candidate, value_error, kl_error):
+                hint += " " + slip
+                break
+        report.fail(what, hint)
+    what = "its gradient with respect to mu is the KL's gradient"
+    if near(slope, reference_slope, slope_error, reference_error * slope_error):
+        report.ok(what)
+    elif near(slope, torch.zeros_like(slope), slope_error):
+        report.fail(what, "it averages to zero: the gradient does not reach the encoder "
+                    "through z; " + USE_RSAMPLE)
+    else:
+        report.fail(what, f"expected {_listed(reference_slope, 2)}, got "
+                    f"{_listed(slope, 2)}: the gradient of a wrong value is wrong too; "
+                    "make the average the KL first.")
