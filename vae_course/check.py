@@ -673,8 +673,8 @@ def _intercept_slip(intercept: float, ratio: float, dequantized: bool,
         return (f"It adds {intercept:.4g} bits per dimension to every image: a "
                 "probability's code length is -log P(x) converted, nothing more.")
     slips = [
-        (0.0, "The bin width is missing: a density p(y) is not a probability. Each "
-              "pixel's bin has width 1/256, so P(x) >= p(y) / 256 per pixel: add "
+        (0.0, "The bin width is missing: a density p(y) is not a probability. P(x) "
+              "is p integrated over the bin of x, 1/256 wide in each pixel, so add "
               f"{num_dims} ln 256 nats per image, which is log2 256 = 8 bits per "
               "dimension."),
         (math.log2(NUM_LEVELS - 1), "That bin width is 1/255: the 256 levels 0..255 "
