@@ -757,3 +757,79 @@ def test_negative_elbo_with_the_kl_784_times_too_large(capsys):
     out = assert_fails_with(check.negative_elbo(loss_kl_784_times, num_calls=100),
                             capsys, "KL is 784x too large")
     assert "Mean over pixels" not in out
+# ------------------------------------------------------------------ bits per dim
+
+LN2 = math.log(2)
+
+
+def bits_right(log_p):
+    return -log_p / (784 * LN2)
+
+
+def dequantized_bits_right(log_density):
+    return (-log_density + 784 * math.log(256)) / (784 * LN2)
+
+
+def test_bits_per_dim_right_answers_pass(capsys):
+    assert_passes(check.bits_per_dim(bits_right), capsys)
+    assert_passes(check.bits_per_dim(lambda log_p: vc.evaluate.bits_per_dim(-log_p)),
+                  capsys)
+    assert_passes(check.bits_per_dim(lambda log_p: -log_p * math.log2(math.e) / 784),
+                  capsys)
+    out = assert_passes(check.bits_per_dim(dequantized_bits_right, dequantized=True),
+                        capsys)
+    assert "8 bits per dimension" in out
+    assert_passes(check.bits_per_dim(
+        lambda log_p: vc.evaluate.bits_per_dim(-log_p) + 8, dequantized=True), capsys)
+    assert_passes(check.bits_per_dim(lambda log_p: -log_p / (3 * LN2), num_dims=3),
+                  capsys)
+
+
+@pytest.mark.parametrize(("wrong", "phrase"), [
+    (lambda log_p: -log_p / 784, "Nats are not bits"),
+    (lambda log_p: -log_p / (784 * math.log(10)), "log base 10"),
+    (lambda log_p: -log_p / LN2, "Bits per image, not per dimension"),
+    (lambda log_p: -log_p, "Nats per image"),
+    (lambda log_p: -log_p * LN2 / 784, "ln 2 is on the wrong side"),
+    (lambda log_p: log_p / (784 * LN2), "sign is flipped"),
+    (lambda log_p: -log_p / (784 * LN2) + 8, "nothing is added"),
+])
+def test_bits_per_dim_slips_get_their_diagnostic(wrong, phrase, capsys):
+    assert_fails_with(check.bits_per_dim(wrong), capsys, phrase)
+
+
+@pytest.mark.parametrize(("wrong", "phrases"), [
+    (bits_right, ["bin width is missing", "8 bits per dimension"]),
+    (lambda log_p: -log_p / (784 * LN2) + math.log2(255), ["1/255"]),
+    (lambda log_p: -log_p / (784 * LN2) - 8, ["wrong sign"]),
+    (lambda log_p: -log_p / (784 * LN2) + math.log(256), ["ln 256 is in nats"]),
+    (lambda log_p: -log_p / (784 * LN2) + 8 * 784, ["add 8, not 8 x 784"]),
+    (lambda log_p: -log_p / (784 * LN2) + 784 * math.log(256), ["nats per image"]),
+    # Two slips at once: each is named.
+    (lambda log_p: -log_p / (784 * math.log(10)), ["log base 10", "bin width is "
+                                                   "missing"]),
+    (lambda log_p: (-log_p + 784 * math.log(256)) / 784, ["Nats are not bits"]),
+    (lambda log_p: (log_p + 784 * math.log(256)) / (784 * LN2), ["sign is flipped"]),
+])
+def test_dequantized_bits_per_dim_slips_get_their_diagnostic(wrong, phrases, capsys):
+    out = assert_fails_with(check.bits_per_dim(wrong, dequantized=True), capsys,
+                            *phrases)
+    if phrases == ["Nats are not bits"]:  # the bin width was converted the same way
+        assert "bin width" not in out.split("equals")[-1]
+
+
+def test_bits_per_dim_shapes_types_and_crashes_are_reported(capsys):
+    assert_fails_with(check.bits_per_dim(lambda log_p: bits_right(log_p).mean()),
+                      capsys, "too early a reduction")
+    assert_fails_with(check.bits_per_dim(lambda log_p: bits_right(log_p).tolist()),
+                      capsys, "returned list")
+    assert_fails_with(check.bits_per_dim(lambda log_p: log_p.log() / LN2), capsys,
+                      "is finite")
+    assert_fails_with(check.bits_per_dim(lambda log_p: 1 / 0), capsys,
+                      "ZeroDivisionError")
+    assert_fails_with(check.bits_per_dim(lambda log_p: (-log_p / (784 * LN2)) ** 2),
+                      capsys, "not a fixed multiple")
+    with pytest.raises(TypeError):
+        check.bits_per_dim(bits_right(torch.ones(2)))
+    with pytest.raises(ValueError, match="num_dims"):
+        check.bits_per_dim(bits_right, num_dims=0)

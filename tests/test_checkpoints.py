@@ -86,6 +86,20 @@ def test_round_trip_gives_identical_outputs(tmp_path, images):
                                torch.as_tensor(restored_state["state"][key][name]))
 
 
+@pytest.mark.parametrize("architecture", ["mlp", "conv"])
+def test_discretized_logistic_models_round_trip(tmp_path, images, architecture):
+    model = small_model(architecture=architecture, likelihood="discretized_logistic")
+    loaded, _ = load_checkpoint(save_checkpoint(tmp_path / "d.pt", model))
+    assert loaded.likelihood == "discretized_logistic"
+    assert loaded.config == model.config
+    levels = (images * 255).round() / 255
+    with torch.no_grad():
+        z = torch.randn(3, 4)
+        assert torch.equal(loaded.decode(z).log_prob(levels[:3]),
+                           model.decode(z).log_prob(levels[:3]))
+        assert torch.equal(loaded.reconstruct(images), model.reconstruct(images))
+
+
 def test_conv_models_round_trip(tmp_path, images):
     model = small_model(architecture="conv")
     loaded, _ = load_checkpoint(save_checkpoint(tmp_path / "c.pt", model))

@@ -14,6 +14,7 @@ from vae_course.elbo import elbo_terms
 from vae_course.evaluate import (
     ACTIVE_THRESHOLD,
     active_units,
+    bits_per_dim,
     evaluate_elbo,
     importance_weighted_log_likelihood,
     unit_activity,
@@ -251,7 +252,8 @@ def reference_log_likelihood(model, x, num_samples, seed, first_index=0):
     return torch.stack(estimates)
 
 
-@pytest.mark.parametrize("likelihood", ["bernoulli", "continuous_bernoulli"])
+@pytest.mark.parametrize("likelihood", ["bernoulli", "continuous_bernoulli",
+                                        "discretized_logistic"])
 def test_agrees_with_a_straightforward_reference(images, likelihood):
     torch.manual_seed(0)
     model = build_vae(latent_dim=3, hidden_sizes=(16,), likelihood=likelihood).eval()
@@ -409,3 +411,36 @@ def test_unit_activity_needs_a_matrix_of_at_least_two_images():
         unit_activity(torch.zeros(5))
     with pytest.raises(ValueError, match="at least two images"):
         unit_activity(torch.zeros(1, 3))
+
+
+# --- bits per dimension ---------------------------------------------------------
+
+def test_bits_per_dim_divides_by_the_dimensions_and_ln_2():
+    # A uniform distribution over the 256 levels of 784 pixels costs 8 bits a pixel;
+    # 784 fair coin flips cost 1 bit each.
+    assert bits_per_dim(784 * math.log(256)) == pytest.approx(8.0, rel=1e-12)
+    assert bits_per_dim(784 * math.log(2)) == pytest.approx(1.0, rel=1e-12)
+    assert bits_per_dim(3072 * math.log(2) * 3.5, num_dims=3072) == pytest.approx(3.5)
+    nats = torch.tensor([0.0, 543.4273, 1000.0], dtype=torch.float64)
+    torch.testing.assert_close(bits_per_dim(nats), nats / (784 * math.log(2)))
+
+
+@pytest.mark.parametrize("num_dims", [0, -784, 78.4, True])
+def test_bits_per_dim_refuses_bad_dimensions(num_dims):
+    with pytest.raises(ValueError, match="num_dims"):
+        bits_per_dim(100.0, num_dims=num_dims)
+
+
+def test_discretized_logistic_log_likelihood_is_a_log_probability():
+    """On grey levels, the estimate is <= 0 and tighter than the ELBO."""
+    # Two grey levels, 26 / 255 and 204 / 255, on the 256-level grid.
+    grey = ((binary_images(64, seed=3) * 0.7 + 0.1) * 255).round() / 255
+    torch.manual_seed(0)
+    model = build_vae(latent_dim=2, hidden_sizes=(32,),
+                      likelihood="discretized_logistic")
+    fit(model, grey, num_epochs=4, batch_size=32, learning_rate=3e-3, progress=False)
+    estimate = importance_weighted_log_likelihood(model, grey[:8], num_samples=200)
+    assert estimate.shape == (8,) and bool(torch.isfinite(estimate).all())
+    assert bool((estimate <= 0).all())
+    elbo = accurate_elbo(model, grey[:8])
+    assert float(estimate.mean()) > float(elbo.mean())

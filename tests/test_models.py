@@ -86,7 +86,8 @@ def test_conv_networks_map_images_to_codes_and_back(images):
 
 
 @pytest.mark.parametrize("architecture", ["mlp", "conv"])
-@pytest.mark.parametrize("likelihood", ["bernoulli", "continuous_bernoulli"])
+@pytest.mark.parametrize("likelihood", ["bernoulli", "continuous_bernoulli",
+                                        "discretized_logistic"])
 def test_vae_methods_have_the_documented_shapes(architecture, likelihood, images):
     torch.manual_seed(0)
     model = build_vae(architecture, latent_dim=3, hidden_sizes=(20,),
@@ -115,6 +116,23 @@ def test_vae_methods_have_the_documented_shapes(architecture, likelihood, images
     for pixels in (samples, reconstructions):
         assert not pixels.requires_grad
         assert pixels.min() >= 0 and pixels.max() <= 1
+
+
+@pytest.mark.parametrize("architecture", ["mlp", "conv"])
+def test_decoders_have_one_output_per_pixel_and_two_for_the_discretized_logistic(
+        architecture):
+    torch.manual_seed(0)
+    z = torch.randn(3, 4)
+    for likelihood, outputs in [("bernoulli", 1), ("continuous_bernoulli", 1),
+                                ("discretized_logistic", 2)]:
+        model = build_vae(architecture, latent_dim=4, hidden_sizes=(20,),
+                          likelihood=likelihood)
+        assert model.decoder(z).shape == (3, outputs * IMAGE_SIZE)
+    hidden = (100, 100)
+    assert count_parameters(build_vae(likelihood="discretized_logistic").decoder) \
+        == mlp_parameter_count([32, *hidden, 2 * IMAGE_SIZE])
+    assert count_parameters(build_vae(likelihood="continuous_bernoulli").decoder) \
+        == mlp_parameter_count([32, *hidden, IMAGE_SIZE])
 
 
 def test_reconstruct_decodes_the_posterior_mean(images):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -249,6 +250,20 @@ def test_progress_true_shows_a_bar(data, capsys):
 def test_grey_pixels_train_a_continuous_bernoulli_model(data):
     history = train(tiny_model(likelihood="continuous_bernoulli"), data)
     assert all(math.isfinite(row["validation_loss"]) for row in history.rows)
+
+
+def test_grey_levels_train_a_discretized_logistic_model(data):
+    # On the 256 levels k / 255, as load_mnist gives them.
+    levels = [(images * 255).round() / 255 for images in data]
+    model = tiny_model(likelihood="discretized_logistic")
+    before = copy.deepcopy(model)
+    history = train(model, levels, num_epochs=3, learning_rate=3e-3)
+    assert not parameters_equal(model, before)
+    losses = history.column("validation_loss")
+    assert all(math.isfinite(loss) and loss > 0 for loss in losses)  # -log P >= 0
+    assert losses[-1] < losses[0]
+    with pytest.raises(ValueError, match="256 grey levels"):
+        train(tiny_model(likelihood="discretized_logistic"), data)  # off the levels
 
 
 def test_grey_pixels_without_binarizing_are_refused_by_bernoulli(data):

@@ -23,6 +23,9 @@ checker                            the function it expects
                                    importance-sampled log p(x)
 :func:`conditional_negative_elbo`  ``fn(model, x, y) -> scalar loss`` for a
                                    conditional VAE, ``y`` the int64 labels
+:func:`bits_per_dim`               ``fn(log_p) -> (batch,)`` bits per dimension,
+                                   from a log-probability (or a dequantized
+                                   log-density)
 =================================  ================================================
 
 Here ``log_var`` is :math:`\log\sigma^2`, one per latent unit, and ``x`` a batch of
@@ -44,13 +47,16 @@ from torch.distributions import (
     Normal,
 )
 
+from .distributions import NUM_LEVELS
 from .elbo import LOG_2PI, elbo_terms
 from .elbo import kl_standard_normal as kl_of_posterior
+from .evaluate import bits_per_dim as nats_to_bits_per_dim
 from .models import IMAGE_SIZE, build_vae, is_conditional
 
-__all__ = ["LinearGaussianVAE", "conditional_negative_elbo", "kl_standard_normal",
-           "log_likelihood_estimate", "log_prob", "mixture_prior_log_prob",
-           "monte_carlo_kl", "negative_elbo", "reparameterize"]
+__all__ = ["LinearGaussianVAE", "bits_per_dim", "conditional_negative_elbo",
+           "kl_standard_normal", "log_likelihood_estimate", "log_prob",
+           "mixture_prior_log_prob", "monte_carlo_kl", "negative_elbo",
+           "reparameterize"]
 
 PASS, FAIL = "✓", "✗"
 # Hints shared by several checkers.
@@ -1231,3 +1237,166 @@ def _compare_with_the_kl(report, value, value_error, slope, slope_error, mu, log
         report.fail(what, f"expected {_listed(reference_slope, 2)}, got "
                     f"{_listed(slope, 2)}: the gradient of a wrong value is wrong too; "
                     "make the average the KL first.")
+# ------------------------------------------------------------------ bits per dim
+
+# The bits per dimension that the bin width 1/256 of each pixel adds: log2 256.
+BIN_BITS = math.log2(NUM_LEVELS)
+LN2 = math.log(2)
+
+
+def _slope_slip(ratio: float, num_dims: int) -> str | None:
+    """What turned the factor 1 / (D ln 2) into ``ratio`` times it, or None if right.
+
+    ``ratio`` is the learner's factor on -log p divided by 1 / (D ln 2), sign removed.
+    """
+    slips = [
+        (1.0, None),
+        (LN2, "Nats are not bits: divide by ln 2 as well (1 bit = ln 2 nats); "
+              "as it is, this is nats per dimension."),
+        (LN2 / math.log(10), "That is log base 10 (digits, not bits): divide by ln 2, "
+                             "or use math.log2 / torch.log2, not log10."),
+        (LN2**2, "ln 2 is on the wrong side: bits = nats / ln 2 (= nats * log2(e)); "
+                 "multiplying by ln 2, or dividing by log2(e), goes the other way."),
+        (float(num_dims), f"Bits per image, not per dimension: divide by the "
+                          f"{num_dims} pixels too."),
+        (num_dims * LN2, f"Nats per image: divide by the {num_dims} pixels and by "
+                         "ln 2."),
+        (num_dims * LN2 / math.log(10),
+         f"Log base 10 and per image: divide by {num_dims} and use ln 2, not ln 10."),
+        (1.0 / num_dims, f"Divided by the {num_dims} pixels twice."),
+    ]
+    for value, hint in slips:
+        if abs(ratio / value - 1) < 1e-6:
+            return hint or ""
+    return None
+
+
+def _intercept_slip(intercept: float, ratio: float, dequantized: bool,
+                    num_dims: int) -> str | None:
+    """What is wrong with the constant the learner added, or None if it is right."""
+    # The bin width's 8 bits, converted like the rest (right or with the same slip).
+    wanted = {BIN_BITS, BIN_BITS * ratio} if dequantized else {0.0}
+    if any(abs(intercept - value) < 1e-6 * max(1.0, abs(value)) for value in wanted):
+        return None
+    if not dequantized:
+        if abs(intercept - BIN_BITS) < 1e-6:
+            return ("It adds 8 bits per dimension, a bin width of 1/256: log P(x) is "
+                    "already the probability of the 256-level image, so nothing is "
+                    "added. The bin width belongs to densities of dequantized pixels.")
+        return (f"It adds {intercept:.4g} bits per dimension to every image: a "
+                "probability's code length is -log P(x) converted, nothing more.")
+    slips = [
+        (0.0, "The bin width is missing: a density p(y) is not a probability. P(x) "
+              "is p integrated over the bin of x, 1/256 wide in each pixel, so add "
+              f"{num_dims} ln 256 nats per image, which is log2 256 = 8 bits per "
+              "dimension."),
+        (math.log2(NUM_LEVELS - 1), "That bin width is 1/255: the 256 levels 0..255 "
+                                    "split [0, 1] into 256 bins of width 1/256."),
+        (-BIN_BITS, "The bin width has the wrong sign: log P = log p(y) + "
+                    f"{num_dims} log(1/256), so -log P is 8 bits per dimension "
+                    "larger, not smaller."),
+        (math.log(NUM_LEVELS), "ln 256 is in nats: in bits the bin width adds "
+                               "log2 256 = 8 per dimension."),
+        (math.log10(NUM_LEVELS), "log10 256 is in digits: in bits the bin width adds "
+                                 "log2 256 = 8 per dimension."),
+        (BIN_BITS * num_dims, f"8 bits per pixel is {8 * num_dims} per image, but "
+                              "the rest is per dimension: add 8, not 8 x "
+                              f"{num_dims}."),
+        (num_dims * math.log(NUM_LEVELS), f"{num_dims} ln 256 is in nats per image: "
+                                          "add it before converting, or add 8 bits "
+                                          "per dimension after."),
+    ]
+    for value, hint in slips:
+        if abs(intercept - value) < 1e-6 * max(1.0, abs(value)):
+            return hint
+    return (f"It adds {intercept:.4g} bits per dimension; the bin width 1/256 adds "
+            "log2 256 = 8.")
+
+
+def _bits_hint(result, log_p, dequantized, num_dims) -> str:
+    """The learner's slips, read from the line through their outputs."""
+    result, log_p = result.detach().double(), log_p.double()
+    design = torch.stack([torch.ones_like(log_p), -log_p], 1)  # (batch, 2)
+    fitted = torch.linalg.lstsq(design, result[:, None]).solution[:, 0]
+    intercept, slope = float(fitted[0]), float(fitted[1])
+    expected = nats_to_bits_per_dim(-log_p, num_dims) + (BIN_BITS if dequantized else 0)
+    shown = f"expected {_listed(expected)}, got {_listed(result)}."
+    if not _close(design @ fitted, result, 1e-6):
+        return (shown + " Your answer is not a fixed multiple of -log p plus a "
+                "constant: convert with -log_p / (num_dims * ln 2) only.")
+    ratio = slope * num_dims * LN2  # 1 when the conversion is right
+    hints = []
+    if ratio < 0:
+        hints.append("The sign is flipped: the code length is -log p, which grows as "
+                     "log p falls; bits per dimension of a probability are >= 0.")
+    slope_hint = _slope_slip(abs(ratio), num_dims) if ratio else None
+    if slope_hint is None:
+        hints.append("Check the conversion: bits per dimension = -log p / "
+                     f"({num_dims} ln 2).")
+    elif slope_hint:
+        hints.append(slope_hint)
+    intercept_hint = _intercept_slip(intercept, abs(ratio), dequantized, num_dims)
+    if intercept_hint:
+        hints.append(intercept_hint)
+    return " ".join([shown, *hints])
+
+
+def bits_per_dim(fn: Callable, dequantized: bool = False,
+                 num_dims: int = IMAGE_SIZE) -> bool:
+    r"""Check a learner's conversion of a log-likelihood in nats to bits per dimension.
+
+    ``fn(log_p)`` receives a (batch,) tensor of log-likelihoods in nats per image and
+    returns one number per image, (batch,). With ``dequantized=False`` (the default)
+    ``log_p`` is :math:`\log P(x)`, a log-probability of 256-level images, and the
+    answer is :math:`-\log P(x) / (D \ln 2)`. With ``dequantized=True`` it is
+    :math:`\log p(y)`, a log-density of the dequantized images
+    :math:`y = (255 x + u) / 256` in :math:`[0, 1]^D`, and the answer is the bound
+    :math:`(-\log p(y) + D \ln 256) / (D \ln 2)` on the bits per dimension of the
+    256-level images, which includes each pixel's bin width 1/256. ``D`` is
+    ``num_dims`` (784 for MNIST). Prints what passed and what failed; returns True
+    when all passed.
+    """
+    _require_callable(fn)
+    if isinstance(num_dims, bool) or not isinstance(num_dims, int) or num_dims < 1:
+        raise ValueError(f"num_dims must be a positive integer; got {num_dims!r}")
+    kind = "log-density of dequantized pixels" if dequantized else "log-probability"
+    report = _Report(f"Checking bits per dimension from a {kind} in nats, called as "
+                     f"fn(log_p) with {num_dims} dimensions:")
+    uniform = 0.0 if dequantized else -num_dims * math.log(NUM_LEVELS)
+    if dequantized:  # densities: above and below 1
+        log_p = torch.tensor([1500.0, 320.5, 0.0, -80.25], dtype=torch.float64)
+    else:  # probabilities: at most 1
+        log_p = -torch.tensor([60.0, 543.4, 1234.5, 3000.0], dtype=torch.float64)
+    result = _call(report, fn, log_p.clone())
+    if not _is_tensor(report, result, "bits per dimension of each image"):
+        return report.finish()
+    if result.shape != log_p.shape:
+        hint = (f"for {len(log_p)} images it returned shape {tuple(result.shape)}; "
+                "convert each image's log-likelihood, and average later.")
+        if result.shape == ():
+            hint += " One number for the whole batch is too early a reduction."
+        report.fail(f"returns one number per image, shape ({len(log_p)},)", hint)
+        return report.finish()
+    report.ok(f"returns one number per image, shape ({len(log_p)},)")
+    if not bool(torch.isfinite(result).all()):
+        report.fail("is finite", f"it returned {_listed(result)}.")
+        return report.finish()
+    expected = nats_to_bits_per_dim(-log_p, num_dims) + (BIN_BITS if dequantized else 0)
+    at_uniform = _call(report, fn, torch.full((1,), uniform, dtype=torch.float64),
+                       what="runs on one image")
+    what = "gives 8 bits per dimension for the uniform distribution over 256 levels"
+    if _is_tensor(report, at_uniform, "bits per dimension"):
+        if at_uniform.numel() == 1 and abs(float(at_uniform.reshape(())) - 8) < 1e-6:
+            report.ok(what)
+        else:
+            report.fail(what, f"log p = {uniform:.2f} nats per image (a uniform "
+                        f"{'density on [0, 1]' if dequantized else 'probability'}) "
+                        f"gave {_listed(at_uniform)}; the 256 levels of a pixel take "
+                        "log2 256 = 8 bits when none is more likely than another.")
+    what = ("equals (-log p + D ln 256) / (D ln 2) on other inputs" if dequantized
+            else "equals -log P / (D ln 2) on other inputs")
+    if _close(result, expected, 1e-6):
+        report.ok(what)
+    else:
+        report.fail(what, _bits_hint(result, log_p, dequantized, num_dims))
+    return report.finish()

@@ -135,7 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="multilayer perceptron or convolutional (default: mlp)")
     train.add_argument("--likelihood", choices=LIKELIHOODS, default=None,
                        help="pixel model; bernoulli binarizes the images afresh "
-                            "every batch (default: bernoulli)")
+                            "every batch, the other two take the grey levels "
+                            "(default: bernoulli)")
     train.add_argument("--lr", type=_number(float), default=None,
                        help="Adam learning rate (default: 0.001)")
     train.add_argument("--beta", type=_number(float, allow_zero=True), default=None,

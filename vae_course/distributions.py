@@ -1,17 +1,39 @@
-"""The three distributions of a VAE: prior p(z), posterior q(z|x), likelihood p(x|z).
+r"""The three distributions of a VAE: prior p(z), posterior q(z|x), likelihood p(x|z).
 
 Each is an ``Independent`` distribution, so ``log_prob`` sums over the event
 dimensions (the latent units or the 784 pixels) and returns one number per image.
+
+Three likelihoods for the pixels: a Bernoulli for binary pixels, a continuous
+Bernoulli (a density on [0, 1]) for grey ones, and :class:`DiscretizedLogistic`, a
+probability over the 256 grey levels :math:`k / 255` that MNIST stores (Salimans et
+al. 2017, PixelCNN++). The first two take one decoder output per pixel, the last two
+(a location and a log-scale).
 """
 
 from __future__ import annotations
 
 import torch
-from torch.distributions import Bernoulli, ContinuousBernoulli, Independent, Normal
+import torch.nn.functional as F
+from torch.distributions import (
+    Bernoulli,
+    ContinuousBernoulli,
+    Distribution,
+    Independent,
+    Normal,
+    constraints,
+)
 
 from .data import check_pixel_values
 
-LIKELIHOODS = ("bernoulli", "continuous_bernoulli")
+LIKELIHOODS = ("bernoulli", "continuous_bernoulli", "discretized_logistic")
+#: Decoder outputs per pixel that each likelihood needs.
+OUTPUTS_PER_PIXEL = {"bernoulli": 1, "continuous_bernoulli": 1,
+                     "discretized_logistic": 2}
+#: Grey levels of an 8-bit image: pixel k / 255 for k = 0 .. 255.
+NUM_LEVELS = 256
+# The decoder's log-scales are clamped to this range: e^-10 is far narrower than a
+# bin (1/255), e^10 far wider than [0, 1], and exp stays finite in float32.
+LOG_SCALE_RANGE = (-10.0, 10.0)
 
 
 class GreyPixelsError(ValueError):
@@ -39,11 +61,113 @@ def posterior_from_encoder(encoder_output: torch.Tensor) -> Independent:
     return Independent(Normal(loc, log_scale.exp()), 1)
 
 
+class _GreyLevels(constraints.Constraint):
+    """Values k / 255 for an integer k in 0 .. 255 (up to float rounding)."""
+
+    is_discrete = True
+    event_dim = 0
+
+    def check(self, value):
+        levels = value * (NUM_LEVELS - 1)
+        return (value >= 0) & (value <= 1) & ((levels - levels.round()).abs() < 1e-3)
+
+
+#: The support of :class:`DiscretizedLogistic`.
+grey_levels = _GreyLevels()
+
+
+def _log_sigmoid_difference(upper: torch.Tensor, lower: torch.Tensor) -> torch.Tensor:
+    """log(sigmoid(upper) - sigmoid(lower)) for upper > lower, without cancellation.
+
+    sigmoid(u) - sigmoid(l) = sigmoid(u) (1 - sigmoid(l)) (1 - e^(l - u)), and each
+    factor's log has a stable form: -softplus(-u), -softplus(l), log(-expm1(l - u)).
+    """
+    return (-F.softplus(-upper) - F.softplus(lower)
+            + torch.log(-torch.expm1(lower - upper)))
+
+
+class DiscretizedLogistic(Distribution):
+    r"""A logistic distribution rounded to the 256 grey levels :math:`k / 255`.
+
+    Level :math:`k` gets the logistic's mass over its bin, :math:`[k - 	frac12,
+    k + 	frac12] / 255`; the two edge levels also take the tails, so that
+    :math:`P(0) = \sigma((	frac{1}{510} - \mu) / s)` and :math:`P(255) = 1 -
+    \sigma((1 - 	frac{1}{510} - \mu) / s)`, and the 256 masses sum to one
+    (Salimans et al. 2017, PixelCNN++). ``loc`` (:math:`\mu`) and ``scale`` (:math:`s`)
+    are in pixel units, where black is 0 and white 1. ``log_prob`` is a
+    log-probability, at most 0, computed with log-sigmoid and softplus forms that
+    never take the log of 0.
+    """
+
+    arg_constraints = {"loc": constraints.real, "scale": constraints.positive}
+    support = grey_levels
+    has_rsample = False
+
+    def __init__(self, loc: torch.Tensor, scale: torch.Tensor, validate_args=None):
+        self.loc, self.scale = torch.broadcast_tensors(loc, scale)
+        super().__init__(self.loc.shape, validate_args=validate_args)
+
+    def expand(self, batch_shape, _instance=None):
+        new = self._get_checked_instance(DiscretizedLogistic, _instance)
+        new.loc = self.loc.expand(batch_shape)
+        new.scale = self.scale.expand(batch_shape)
+        super(DiscretizedLogistic, new).__init__(new.loc.shape, validate_args=False)
+        new._validate_args = self._validate_args
+        return new
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        if self._validate_args:
+            self._validate_sample(value)
+        level = (value * (NUM_LEVELS - 1)).round()  # the integer k, as a float
+        # The bin's edges (k -+ 1/2) / 255, standardized. Neighbouring bins compute
+        # their shared edge from the same k + 1/2, so that no mass falls between them.
+        upper = ((level + 0.5) / (NUM_LEVELS - 1) - self.loc) / self.scale
+        lower = ((level - 0.5) / (NUM_LEVELS - 1) - self.loc) / self.scale
+        # Three finite candidates, one chosen per pixel: torch.where then passes
+        # no NaN gradient from the branches it does not take.
+        interior = _log_sigmoid_difference(upper, lower)
+        first = -F.softplus(-upper)  # log sigmoid(upper): level 0 takes the left tail
+        last = -F.softplus(lower)  # log(1 - sigmoid(lower)): level 255, the right
+        return torch.where(level <= 0, first,
+                           torch.where(level >= NUM_LEVELS - 1, last, interior))
+
+    def _levels(self) -> torch.Tensor:
+        """The 256 grey levels k / 255 in the parameters' dtype and device: (256,)."""
+        return torch.arange(NUM_LEVELS, dtype=self.loc.dtype,
+                            device=self.loc.device) / (NUM_LEVELS - 1)
+
+    def level_probs(self) -> torch.Tensor:
+        """The probability of each of the 256 levels: (*batch_shape, 256)."""
+        levels = self._levels().reshape(NUM_LEVELS, *[1] * len(self.batch_shape))
+        return self.log_prob(levels).exp().movedim(0, -1)  # (256, *batch) moved
+
+    @property
+    def mean(self) -> torch.Tensor:
+        r"""Exact: :math:`E[x] = \frac{1}{255} \sum_{k=1}^{255} P(x \ge k / 255)`."""
+        # The bin edges between the levels, (k - 1/2) / 255 for k = 1 .. 255.
+        edges = (torch.arange(1, NUM_LEVELS, dtype=self.loc.dtype,
+                              device=self.loc.device) - 0.5) / (NUM_LEVELS - 1)
+        # P(x >= k / 255) = 1 - sigmoid((edge_k - loc) / s) = sigmoid((loc - edge_k) / s)
+        above = torch.sigmoid((self.loc[..., None] - edges) / self.scale[..., None])
+        return above.sum(-1) / (NUM_LEVELS - 1)  # (*batch_shape)
+
+    @torch.no_grad()
+    def sample(self, sample_shape=()) -> torch.Tensor:
+        """Draw from the logistic by its inverse CDF, then round to the nearest level."""
+        shape = self._extended_shape(torch.Size(sample_shape))
+        uniform = torch.rand(shape, dtype=self.loc.dtype, device=self.loc.device)
+        uniform = uniform.clamp(torch.finfo(uniform.dtype).tiny, 1 - 1e-7)
+        draw = self.loc + self.scale * (uniform.log() - torch.log1p(-uniform))
+        return (draw * (NUM_LEVELS - 1)).round().clamp(0, NUM_LEVELS - 1) \
+            / (NUM_LEVELS - 1)
+
+
 def check_pixels(x: torch.Tensor, kind: str = "bernoulli") -> None:
     """Refuse pixels the likelihood cannot score, with a message that says why.
 
-    NaN, values outside [0, 1] and non-float tensors are refused for either
-    likelihood; grey levels only for the Bernoulli.
+    NaN, values outside [0, 1] and non-float tensors are refused for every
+    likelihood; grey levels for the Bernoulli, and values between the 256 levels
+    k / 255 (dequantized or smoothed pixels) for the discretized logistic.
     """
     if kind not in LIKELIHOODS:
         raise ValueError(f"unknown likelihood {kind!r}; choose one of {LIKELIHOODS}")
@@ -54,12 +178,32 @@ def check_pixels(x: torch.Tensor, kind: str = "bernoulli") -> None:
             "but these images have grey levels. Binarize them "
             "(vae_course.data.binarize) or use likelihood='continuous_bernoulli'."
         )
+    if kind == "discretized_logistic" and not bool(grey_levels.check(x).all()):
+        raise ValueError(
+            "a discretized logistic scores only the 256 grey levels k / 255 of an "
+            "8-bit image, but these pixels lie between them (dequantized or "
+            "smoothed?). Pass the images as vae_course.data.load_mnist gives them, "
+            "or use likelihood='continuous_bernoulli' for a density on [0, 1]."
+        )
 
 
 def likelihood_from_logits(logits: torch.Tensor, kind: str = "bernoulli") -> Independent:
-    """p(x|z) over all pixels from decoder logits of shape (..., 784)."""
+    """p(x|z) over all pixels from the decoder's outputs.
+
+    ``logits`` has shape (..., 784) for the Bernoulli and the continuous Bernoulli,
+    and (..., 2 * 784) for the discretized logistic: the 784 locations, then the 784
+    log-scales (clamped to :data:`LOG_SCALE_RANGE`).
+    """
     if kind == "bernoulli":
         return Independent(Bernoulli(logits=logits), 1)
     if kind == "continuous_bernoulli":
         return Independent(ContinuousBernoulli(logits=logits), 1)
+    if kind == "discretized_logistic":
+        if logits.shape[-1] % 2 != 0:
+            raise ValueError("a discretized logistic needs a location and a log-scale "
+                             "per pixel, so the decoder's last size must be even; "
+                             f"got {tuple(logits.shape)}")
+        loc, log_scale = logits.chunk(2, dim=-1)  # (..., 784) each
+        scale = log_scale.clamp(*LOG_SCALE_RANGE).exp()
+        return Independent(DiscretizedLogistic(loc, scale), 1)
     raise ValueError(f"unknown likelihood {kind!r}; choose one of {LIKELIHOODS}")

@@ -65,6 +65,20 @@ def evaluate_elbo(model, images: torch.Tensor, binarize: bool | None = None,
     return terms
 
 
+def bits_per_dim(nats, num_dims: int = IMAGE_SIZE):
+    r"""A negative log-likelihood in nats per image, as bits per dimension.
+
+    :math:`\text{bits/dim} = \frac{-\log p(x)}{D \ln 2}`: base-2 logarithms
+    (1 bit = ln 2 nats), divided by the ``num_dims`` dimensions of an image (784
+    pixels for MNIST). Takes a number or a tensor and returns the same kind. Only a
+    log-probability of discrete data is a code length; for a log-density it is a
+    number without that meaning (lesson 07).
+    """
+    if isinstance(num_dims, bool) or not isinstance(num_dims, int) or num_dims < 1:
+        raise ValueError(f"num_dims must be a positive integer; got {num_dims!r}")
+    return nats / (num_dims * math.log(2))
+
+
 # Codes decoded per call: enough rows for the matmuls to run at speed, few enough
 # that the (rows, 784) logits stay in the CPU's cache for the passes that follow.
 ROWS_PER_CALL = 1024

@@ -15,6 +15,7 @@ from torch import nn
 
 from .distributions import (
     LIKELIHOODS,
+    OUTPUTS_PER_PIXEL,
     likelihood_from_logits,
     posterior_from_encoder,
     standard_normal_prior,
@@ -47,15 +48,21 @@ def conv_encoder(latent_dim: int, channels: int = 32) -> nn.Sequential:
     )
 
 
-def conv_decoder(latent_dim: int, channels: int = 32) -> nn.Sequential:
-    """(batch, latent_dim) -> (batch, 784) logits, mirroring :func:`conv_encoder`."""
+def conv_decoder(latent_dim: int, channels: int = 32,
+                 outputs_per_pixel: int = 1) -> nn.Sequential:
+    """(batch, latent_dim) -> (batch, outputs_per_pixel * 784), mirroring the encoder.
+
+    With more than one output per pixel, the first 784 outputs are the first map
+    (e.g. the locations), the next 784 the second (the log-scales).
+    """
     return nn.Sequential(
         nn.Linear(latent_dim, 2 * channels * 7 * 7),
         nn.ReLU(),
         nn.Unflatten(1, (2 * channels, 7, 7)),
         nn.ConvTranspose2d(2 * channels, channels, 4, stride=2, padding=1),  # 14 x 14
         nn.ReLU(),
-        nn.ConvTranspose2d(channels, 1, 4, stride=2, padding=1),  # (batch, 1, 28, 28)
+        nn.ConvTranspose2d(channels, outputs_per_pixel, 4, stride=2,
+                           padding=1),  # (batch, outputs_per_pixel, 28, 28)
         nn.Flatten(),
     )
 
@@ -88,10 +95,11 @@ class VAE(nn.Module):
         return posterior_from_encoder(self.encoder(x))
 
     def decode_logits(self, z: torch.Tensor) -> torch.Tensor:
-        """The decoder's logits for latent codes (..., latent_dim): (..., 784)."""
+        """The decoder's outputs for latent codes (..., latent_dim): (..., 784)
+        logits, or (..., 2 * 784) locations and log-scales for two per pixel."""
         leading = z.shape[:-1]
-        logits = self.decoder(z.reshape(-1, z.shape[-1]))  # (n, 784)
-        return logits.reshape(*leading, IMAGE_SIZE)  # (..., 784)
+        logits = self.decoder(z.reshape(-1, z.shape[-1]))  # (n, outputs)
+        return logits.reshape(*leading, logits.shape[-1])  # (..., outputs)
 
     def decode(self, z: torch.Tensor):
         """p(x|z) for latent codes of shape (..., latent_dim)."""
@@ -224,6 +232,9 @@ def build_vae(architecture: str = "mlp", latent_dim: int = 32,
 
     ``num_classes=10`` builds the same MLP as a :class:`ConditionalVAE`, whose two
     networks take the one-hot label as ``num_classes`` extra inputs.
+
+    The decoder has one output per pixel for the Bernoulli likelihoods and two for
+    ``likelihood="discretized_logistic"`` (32-100-100-1568).
     """
     if architecture not in ARCHITECTURES:
         raise ValueError(f"unknown architecture {architecture!r}; choose one of "
@@ -232,16 +243,21 @@ def build_vae(architecture: str = "mlp", latent_dim: int = 32,
             ("hidden_sizes", size) for size in hidden_sizes]:
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
             raise ValueError(f"{name} must hold positive integers; got {value!r}")
+    if likelihood not in LIKELIHOODS:
+        raise ValueError(f"unknown likelihood {likelihood!r}; "
+                         f"choose one of {LIKELIHOODS}")
     hidden_sizes = list(hidden_sizes)
+    outputs = OUTPUTS_PER_PIXEL[likelihood]
     config = {"architecture": architecture, "latent_dim": latent_dim,
               "hidden_sizes": hidden_sizes, "likelihood": likelihood}
     if num_classes is not None:
         return _build_conditional(config, num_classes)
     if architecture == "mlp":
         encoder = mlp([IMAGE_SIZE, *hidden_sizes, 2 * latent_dim])
-        decoder = mlp([latent_dim, *reversed(hidden_sizes), IMAGE_SIZE])
+        decoder = mlp([latent_dim, *reversed(hidden_sizes), outputs * IMAGE_SIZE])
     else:
-        encoder, decoder = conv_encoder(latent_dim), conv_decoder(latent_dim)
+        encoder = conv_encoder(latent_dim)
+        decoder = conv_decoder(latent_dim, outputs_per_pixel=outputs)
     return VAE(encoder, decoder, latent_dim, likelihood, config)
 
 
@@ -278,7 +294,8 @@ def _build_conditional(config: dict, num_classes: int) -> ConditionalVAE:
                          f"got {num_classes!r}")
     latent_dim, hidden_sizes = config["latent_dim"], config["hidden_sizes"]
     encoder = mlp([IMAGE_SIZE + num_classes, *hidden_sizes, 2 * latent_dim])
-    decoder = mlp([latent_dim + num_classes, *reversed(hidden_sizes), IMAGE_SIZE])
+    outputs = OUTPUTS_PER_PIXEL[config["likelihood"]] * IMAGE_SIZE
+    decoder = mlp([latent_dim + num_classes, *reversed(hidden_sizes), outputs])
     return ConditionalVAE(encoder, decoder, latent_dim, num_classes,
                           config["likelihood"], {**config, "num_classes": num_classes})
 
