@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from .distributions import check_pixels
-from .elbo import log_importance_weights, mean_terms
+from .elbo import check_num_samples, log_importance_weights, mean_terms
 from .models import IMAGE_SIZE
 from .train import check_images, check_number, fixed_binarization, wants_binarization
 
@@ -92,9 +92,7 @@ def importance_weighted_log_likelihood(model, images: torch.Tensor,
     stays bounded whatever K is; the split does not change the result. Returns a
     (N,) tensor in nats on the CPU.
     """
-    if isinstance(num_samples, bool) or not isinstance(num_samples, int) \
-            or num_samples < 1:
-        raise ValueError(f"num_samples must be a positive integer; got {num_samples!r}")
+    check_num_samples(num_samples)
     _check_index("seed", seed)
     _check_index("first_index", first_index)
     if isinstance(max_pixels, bool) or not isinstance(max_pixels, int) \
