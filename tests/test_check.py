@@ -833,3 +833,82 @@ def test_bits_per_dim_shapes_types_and_crashes_are_reported(capsys):
         check.bits_per_dim(bits_right(torch.ones(2)))
     with pytest.raises(ValueError, match="num_dims"):
         check.bits_per_dim(bits_right, num_dims=0)
+# ------------------------------------------------------------- the k-sample bound
+
+
+def drawn_log_weights(model, x, k, draw="rsample"):
+    """log p(x|z_i) + log p(z_i) - log q(z_i|x) for k draws: (k, batch)."""
+    posterior = model.encode(x)
+    z = getattr(posterior, draw)((k,))  # (k, batch, latent_dim)
+    return (model.decode(z).log_prob(x) + model.prior().log_prob(z)
+            - posterior.log_prob(z))
+
+
+def bound_right(model, x, k):
+    return torch.logsumexp(drawn_log_weights(model, x, k), dim=0) - math.log(k)
+
+
+def test_iwae_bound_right_answers_pass(capsys):
+    out = assert_passes(check.iwae_bound(bound_right), capsys)
+    assert "its average over 200 calls is L_10" in out
+    assert_passes(check.iwae_bound(vc.elbo.iwae_bound, num_samples=5), capsys)
+
+
+def test_iwae_bound_that_averages_the_log_weights(capsys):
+    def bound_mean_of_logs(model, x, k):
+        return drawn_log_weights(model, x, k).mean(0)
+
+    assert_fails_with(check.iwae_bound(bound_mean_of_logs), capsys,
+                      "That is the ELBO: the log-weights were averaged")
+
+
+def test_iwae_bound_that_forgets_the_log_k(capsys):
+    def bound_without_log_k(model, x, k):
+        return torch.logsumexp(drawn_log_weights(model, x, k), dim=0)
+
+    assert_fails_with(check.iwae_bound(bound_without_log_k), capsys,
+                      "too large by log k = 2.30 nats: the -log k is missing")
+
+
+def test_iwae_bound_drawn_with_sample_instead_of_rsample(capsys):
+    def bound_sampled(model, x, k):
+        log_w = drawn_log_weights(model, x, k, draw="sample")
+        return torch.logsumexp(log_w, dim=0) - math.log(k)
+
+    out = assert_fails_with(check.iwae_bound(bound_sampled), capsys,
+                            "codes the decoder received carry no gradient",
+                            "not sample()")
+    assert "✓ is finite" in out
+
+
+def test_iwae_bound_that_exponentiates_the_weights(capsys):
+    def bound_naive(model, x, k):
+        return drawn_log_weights(model, x, k).exp().mean(0).log()
+
+    assert_fails_with(check.iwae_bound(bound_naive), capsys, "✗ is finite",
+                      "exp() of them is 0 in float32")
+
+
+def test_iwae_bound_over_the_wrong_dimension_or_detached(capsys):
+    def bound_over_the_batch(model, x, k):
+        return torch.logsumexp(drawn_log_weights(model, x, k), dim=1) - math.log(k)
+
+    assert_fails_with(check.iwae_bound(bound_over_the_batch), capsys,
+                      "it returned shape (10,)", "keep the batch dimension")
+
+    def bound_detached(model, x, k):
+        return bound_right(model, x, k).detach()
+
+    assert_fails_with(check.iwae_bound(bound_detached), capsys, "has no grad_fn")
+
+
+def test_iwae_bound_misuse_raises_and_the_random_state_is_left_alone():
+    with pytest.raises(TypeError):
+        check.iwae_bound(3)
+    with pytest.raises(ValueError, match="at least 2"):
+        check.iwae_bound(bound_right, num_samples=1)
+    torch.manual_seed(7)
+    expected = torch.rand(3)
+    torch.manual_seed(7)
+    check.iwae_bound(bound_right, num_calls=5)
+    assert torch.equal(torch.rand(3), expected)

@@ -21,7 +21,7 @@ import torchvision
 from PIL import Image
 
 from vae_course import cli
-from vae_course.checkpoints import load_checkpoint, save_checkpoint
+from vae_course.checkpoints import load_checkpoint, restore_optimizer, save_checkpoint
 from vae_course.models import build_vae
 
 REPO = Path(__file__).resolve().parents[1]
@@ -88,7 +88,7 @@ def test_train_help_lists_every_flag(capsys):
     for flag in ("--epochs", "--batch-size", "--latent-dim", "--hidden-sizes", "--lr",
                  "--seed", "--device", "--dataset", "--likelihood", "--data-root",
                  "--output", "--resume", "--overwrite", "--no-progress", "--beta",
-                 "--architecture", "--warmup-epochs", "--eval-k"):
+                 "--architecture", "--warmup-epochs", "--eval-k", "--iwae-samples"):
         assert flag in text, flag
     assert "default: 16" in text  # defaults are stated
     assert "continuous_bernoulli" in text and "fashion-mnist" in text
@@ -135,6 +135,10 @@ def test_python_dash_m_help_runs():
     (["train", "--beta", "-1"], "--beta"),
     (["train", "--warmup-epochs", "-1"], "--warmup-epochs"),
     (["train", "--eval-k", "-1"], "--eval-k"),
+    (["train", "--iwae-samples", "0"], "--iwae-samples"),
+    (["train", "--iwae-samples", "2.5"], "--iwae-samples"),
+    (["train", "--iwae-samples", "5", "--beta", "2"], "--iwae-samples"),
+    (["train", "--iwae-samples", "5", "--warmup-epochs", "1"], "--iwae-samples"),
     (["train", "--seed", "one"], "--seed"),
     (["train", "--device", "cuda"], "--device"),
     (["train", "--device", "gpu"], "--device"),
@@ -398,6 +402,7 @@ def test_resume_trains_on_the_saved_dataset(capsys, fake_data, tmp_path):
     (["--hidden-sizes", "16", "16"], "--hidden-sizes"),
     (["--likelihood", "continuous_bernoulli"], "--likelihood"),
     (["--architecture", "conv"], "--architecture"),
+    (["--iwae-samples", "3"], "--iwae-samples"),
 ])
 def test_resume_refuses_a_flag_that_conflicts_with_the_saved_run(capsys, fake_data,
                                                                  tmp_path, flags, flag):
@@ -599,3 +604,57 @@ def test_an_interrupted_run_is_one_line(capsys, fake_data, tmp_path, monkeypatch
     assert status == 130
     assert_one_clean_line(err)
     assert "interrupted" in err[0]
+
+
+# --- the k-sample bound (IWAE) ---------------------------------------------------
+
+def test_iwae_samples_train_the_k_sample_bound_and_are_saved(capsys, fake_data,
+                                                              tmp_path):
+    from vae_course.train import fit
+
+    folder = tmp_path / "iwae"
+    status, _, err = run(["train", "--epochs", "2", "--iwae-samples", "3", "--output",
+                          folder, *TINY], capsys)
+    assert status == 0, err
+    model, payload = load_checkpoint(folder / "checkpoint.pt")
+    assert payload["extra"]["settings"]["iwae_samples"] == 3
+    # What fit does with iwae_samples=3 from the same seed, and not the VAE's run.
+    rows = rows_without_seconds(folder)
+    for iwae_samples, same in [(3, True), (1, False)]:
+        torch.manual_seed(0)
+        reference = build_vae(latent_dim=2, hidden_sizes=[16])
+        history = fit(reference, synthetic_split("train")[0],
+                      synthetic_split("validation")[0], num_epochs=2, batch_size=50,
+                      seed=0, iwae_samples=iwae_samples, progress=False)
+        expected = [{k: v for k, v in row.items() if k != "seconds"}
+                    for row in history.rows]
+        assert (rows == expected) is same, iwae_samples
+    # Resuming keeps the saved k, equal to the flag or without it.
+    status, _, err = run(["train", "--resume", "--epochs", "3", "--iwae-samples", "3",
+                          "--output", folder, "--no-progress", "--device", "cpu"],
+                         capsys)
+    assert status == 0, err
+    _, payload = load_checkpoint(folder / "checkpoint.pt")
+    assert payload["extra"]["settings"]["iwae_samples"] == 3
+    assert len(payload["history"]) == 3
+
+
+def test_a_run_saved_without_iwae_samples_resumes_as_a_vae(capsys, fake_data, tmp_path):
+    folder = tmp_path / "run"
+    assert run(["train", "--epochs", "1", "--output", folder, *TINY], capsys)[0] == 0
+    model, payload = load_checkpoint(folder / "checkpoint.pt")
+    settings = dict(payload["extra"]["settings"])
+    assert settings.pop("iwae_samples") == 1
+    # As a run written before the flag existed saved it.
+    optimizer = restore_optimizer(torch.optim.Adam(model.parameters()), payload)
+    save_checkpoint(folder / "checkpoint.pt", model, optimizer, payload["history"],
+                    settings=settings)
+    status, _, err = run(["train", "--resume", "--epochs", "2", "--iwae-samples", "4",
+                          "--output", folder, "--no-progress"], capsys)
+    assert status == 2 and "--iwae-samples 4 conflicts" in err[0]
+    status, _, err = run(["train", "--resume", "--epochs", "2", "--output", folder,
+                          "--no-progress", "--device", "cpu"], capsys)
+    assert status == 0, err
+    _, payload = load_checkpoint(folder / "checkpoint.pt")
+    assert payload["extra"]["settings"]["iwae_samples"] == 1
+    assert len(payload["history"]) == 2

@@ -3,7 +3,8 @@
 The Deep Bayes tutorial writes the loss with ``torch.distributions`` and a Monte Carlo
 KL; the PyTorch examples VAE writes it with ``binary_cross_entropy_with_logits`` and
 the closed-form KL. Both are
-checked here against the helper and against each other.
+checked here against the helper and against each other. The k-sample bound of the
+IWAE is checked against ``torch.distributions`` and a hand-written ``logsumexp``.
 """
 
 from __future__ import annotations
@@ -20,10 +21,14 @@ from vae_course.elbo import (
     cross_entropy_standard_normal,
     elbo_terms,
     entropy_normal,
+    iwae_bound,
     kl_standard_normal,
+    log_importance_weights,
     mean_terms,
     negative_elbo,
+    negative_iwae_bound_of_checked_pixels,
 )
+from vae_course.evaluate import importance_weighted_log_likelihood
 from vae_course.models import build_vae
 
 
@@ -356,3 +361,126 @@ def test_grey_pixels_are_scored_by_a_continuous_bernoulli_model():
     expected = torch.distributions.ContinuousBernoulli(
         logits=model.decoder(z)).log_prob(grey).sum(-1)
     torch.testing.assert_close(terms["reconstruction"], expected)
+
+
+# --- the k-sample bound (IWAE) ---------------------------------------------------
+
+def log_weights_by_distributions(model, x, noise):
+    """log p(x|z) + log p(z) - log q(z|x) from torch.distributions: (batch, k)."""
+    posterior = model.encode(x)
+    normal = posterior.base_dist
+    z = normal.loc + normal.scale * noise.transpose(0, 1)  # (k, batch, latent_dim)
+    log_w = (model.decode(z).log_prob(x) + model.prior().log_prob(z)
+             - posterior.log_prob(z))  # (k, batch)
+    return log_w.T
+
+
+def hand_written_logsumexp(a):
+    """log (1/k) sum_i exp(a_i) over the last dimension, with the maximum taken out."""
+    peak = a.max(-1, keepdim=True).values
+    return (peak + (a - peak).exp().sum(-1, keepdim=True).log()).squeeze(-1) \
+        - math.log(a.shape[-1])
+
+
+def test_log_weights_are_those_of_torch_distributions():
+    model, x = small_model().double(), binary_images(5).double()
+    noise = torch.randn(5, 7, 3, generator=torch.Generator().manual_seed(0),
+                        dtype=torch.float64)
+    expected = log_weights_by_distributions(model, x, noise)
+    torch.testing.assert_close(log_importance_weights(model, x, noise), expected)
+    # Decoding a few codes at a time changes nothing.
+    torch.testing.assert_close(log_importance_weights(model, x, noise, rows_per_call=3),
+                               expected)
+
+
+def test_the_one_sample_bound_is_the_elbo_estimate_with_the_same_z():
+    model, x = small_model().double(), binary_images(6).double()
+    torch.manual_seed(3)
+    bound = iwae_bound(model, x, 1)
+    torch.manual_seed(3)
+    noise = torch.randn(6, 1, 3, dtype=torch.float64)  # the draw the bound made
+    posterior = model.encode(x)
+    z = posterior.base_dist.loc + posterior.base_dist.scale * noise[:, 0]
+    elbo = (model.decode(z).log_prob(x) + model.prior().log_prob(z)
+            - posterior.log_prob(z))  # a one-sample ELBO estimate: (6,)
+    torch.testing.assert_close(bound, elbo)
+    assert bound.shape == (6,)
+
+
+@pytest.mark.parametrize("likelihood", ["bernoulli", "continuous_bernoulli"])
+def test_the_bound_equals_a_hand_written_logsumexp(likelihood):
+    model = small_model(likelihood=likelihood).double()
+    x = binary_images(4).double()
+    if likelihood == "continuous_bernoulli":
+        x = x * 0.6 + 0.2  # grey pixels
+    torch.manual_seed(5)
+    bound = iwae_bound(model, x, 50)
+    torch.manual_seed(5)
+    noise = torch.randn(4, 50, 3, dtype=torch.float64)
+    expected = hand_written_logsumexp(log_weights_by_distributions(model, x, noise))
+    torch.testing.assert_close(bound, expected)
+    # The same gradients, through z = mu + sigma * noise, for every weight.
+    parameters = list(model.parameters())
+    for mine, reference in zip(torch.autograd.grad(bound.sum(), parameters),
+                               torch.autograd.grad(expected.sum(), parameters),
+                               strict=True):
+        torch.testing.assert_close(mine, reference)
+    # Averaging the log-weights is the ELBO, lower than the bound for every image.
+    averaged = log_weights_by_distributions(model, x, noise).mean(-1)
+    assert (averaged < bound - 0.1).all()
+
+
+@torch.no_grad()
+def test_the_bound_rises_with_k_and_approaches_the_log_likelihood():
+    model, x = small_model(), binary_images(8)
+    torch.manual_seed(0)
+    repeats = 100
+    means, errors = {}, {}
+    for k in (1, 10, 100):
+        draws = torch.stack([iwae_bound(model, x, k).double()
+                             for _ in range(repeats)])  # (repeats, 8)
+        per_draw = draws.mean(1)  # the mean over the 8 images of each draw
+        means[k] = per_draw.mean().item()
+        errors[k] = per_draw.std().item() / math.sqrt(repeats)
+    log_likelihood = importance_weighted_log_likelihood(model, x, num_samples=5000)
+    exact = log_likelihood.double().mean().item()
+    for low, high in [(1, 10), (10, 100)]:
+        assert means[high] > means[low] + 4 * math.hypot(errors[low], errors[high])
+    gap = exact - means[1]
+    assert gap > 1.0  # the ELBO is loose here, so the test says something
+    assert means[100] <= exact + 4 * errors[100]
+    assert exact - means[100] < 0.2 * gap
+
+
+@pytest.mark.parametrize("likelihood", ["bernoulli", "continuous_bernoulli"])
+def test_the_bound_trains_the_encoder_and_the_decoder(likelihood):
+    model, x = small_model(likelihood=likelihood), binary_images(4)
+    torch.manual_seed(0)
+    (-iwae_bound(model, x, 5).mean()).backward()
+    for name, parameter in model.named_parameters():
+        assert parameter.grad is not None, name
+        assert torch.isfinite(parameter.grad).all() and parameter.grad.abs().sum() > 0, \
+            name
+
+
+def test_the_trainers_iwae_loss_is_the_bound_and_reports_the_elbo_terms():
+    model, x = small_model(), binary_images(8)
+    torch.manual_seed(1)
+    loss, terms = negative_iwae_bound_of_checked_pixels(model, x, 10)
+    torch.manual_seed(1)
+    torch.testing.assert_close(loss, -iwae_bound(model, x, 10).mean())
+    torch.testing.assert_close(terms["kl"], kl_standard_normal(model.encode(x)))
+    torch.testing.assert_close(terms["elbo"], terms["reconstruction"] - terms["kl"])
+    assert (terms["elbo"] < terms["bound"]).all()
+
+
+@pytest.mark.parametrize("num_samples", [0, -3, 2.5, True, "5", None])
+def test_a_bad_number_of_samples_is_refused(num_samples):
+    with pytest.raises(ValueError, match="num_samples must be a positive integer"):
+        iwae_bound(small_model(), binary_images(2), num_samples)
+
+
+def test_the_bound_refuses_grey_pixels_for_a_bernoulli_model():
+    grey = torch.rand(3, 784, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(GreyPixelsError, match="binarize"):
+        iwae_bound(small_model(), grey, 5)

@@ -155,6 +155,11 @@ def test_resuming_from_a_checkpoint_equals_a_straight_run(data, tmp_path):
     ({"learning_rate": float("inf")}, "learning_rate"),
     ({"beta": -1.0}, "beta"),
     ({"warmup_epochs": -1}, "warmup_epochs"),
+    ({"iwae_samples": 0}, "iwae_samples"),
+    ({"iwae_samples": 2.5}, "iwae_samples"),
+    ({"iwae_samples": True}, "iwae_samples"),
+    ({"iwae_samples": 5, "beta": 0.5}, "iwae_samples=5 .* beta"),
+    ({"iwae_samples": 5, "warmup_epochs": 1}, "iwae_samples=5 .* warmup_epochs"),
 ])
 def test_bad_arguments_are_refused_before_training(data, kwargs, name):
     model = tiny_model()
@@ -572,3 +577,64 @@ def test_history_reports_the_true_elbo_whatever_is_optimised(data, monkeypatch, 
     # by far more than their tolerance.
     weight = beta if warmup_epochs == 0 else beta * min(1.0, 8 / (warmup_epochs * 4))
     assert abs(1 - weight) * reference["kl"] > 1e-3 * abs(last["validation_loss"])
+
+
+# --- the k-sample bound (IWAE) ---------------------------------------------------
+
+def test_one_iwae_sample_is_exactly_the_vae_training(data):
+    vae_model, one_sample_model = tiny_model(), tiny_model()
+    vae = train(vae_model, data, num_epochs=2, seed=3)
+    one_sample = train(one_sample_model, data, num_epochs=2, seed=3, iwae_samples=1)
+    assert without_seconds(one_sample) == without_seconds(vae)
+    assert parameters_equal(one_sample_model, vae_model)
+    # And that is the VAE's loop written plainly: the ELBO with its closed-form KL.
+    reference_model = tiny_model()
+    expected = straightforward_fit(reference_model, data[0], num_epochs=2, seed=3,
+                                   beta=1.0, warmup_epochs=0, batch_size=64)
+    for row, expected_row in zip(one_sample.rows, expected, strict=True):
+        for name, value in expected_row.items():
+            assert row[name] == pytest.approx(value, rel=1e-5, abs=1e-4), name
+    for mine, reference in zip(one_sample_model.parameters(),
+                               reference_model.parameters(), strict=True):
+        torch.testing.assert_close(mine, reference)
+    # The k-sample objective trains another model, even at k = 2.
+    two_samples = train(tiny_model(), data, num_epochs=2, seed=3, iwae_samples=2)
+    assert without_seconds(two_samples) != without_seconds(vae)
+
+
+def test_iwae_training_matches_a_straightforward_loop_on_the_bound(data):
+    from vae_course.data import binarize
+    from vae_course.elbo import iwae_bound
+
+    model, reference = tiny_model(), tiny_model()
+    history = train(model, (data[0], None), num_epochs=2, seed=2, iwae_samples=5)
+    optimizer = torch.optim.Adam(reference.parameters(), lr=1e-3)
+    for epoch in (1, 2):
+        torch.manual_seed(2 * 1_000_003 + epoch)
+        order = torch.randperm(len(data[0]))
+        for start in range(0, len(data[0]), 64):
+            batch = binarize(data[0][order[start:start + 64]])
+            loss = -iwae_bound(reference, batch, 5).mean()
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    for mine, expected in zip(model.parameters(), reference.parameters(), strict=True):
+        torch.testing.assert_close(mine, expected)
+    # The history still reports the ELBO's terms, not the bound.
+    assert set(history.rows[0]) == {"epoch", "seconds",
+                                    *(f"train_{name}" for name in TERMS)}
+    row = history.rows[-1]
+    assert row["train_loss"] == pytest.approx(row["train_kl"]
+                                              - row["train_reconstruction"], rel=1e-6)
+
+
+def test_iwae_training_resumes_like_a_straight_run(data, tmp_path):
+    straight_model = tiny_model()
+    straight = train(straight_model, data, num_epochs=3, iwae_samples=4)
+    model = tiny_model()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    history = train(model, data, num_epochs=1, optimizer=optimizer, iwae_samples=4)
+    resumed = train(model, data, num_epochs=3, optimizer=optimizer, history=history,
+                    iwae_samples=4)
+    assert without_seconds(resumed) == without_seconds(straight)
+    assert parameters_equal(model, straight_model)

@@ -26,6 +26,8 @@ checker                            the function it expects
 :func:`bits_per_dim`               ``fn(log_p) -> (batch,)`` bits per dimension,
                                    from a log-probability (or a dequantized
                                    log-density)
+:func:`iwae_bound`                 ``fn(model, x, k) -> (batch,)``, the k-sample
+                                   bound
 =================================  ================================================
 
 Here ``log_var`` is :math:`\log\sigma^2`, one per latent unit, and ``x`` a batch of
@@ -48,13 +50,13 @@ from torch.distributions import (
 )
 
 from .distributions import NUM_LEVELS
-from .elbo import LOG_2PI, elbo_terms
+from .elbo import LOG_2PI, elbo_terms, log_importance_weights
 from .elbo import kl_standard_normal as kl_of_posterior
 from .evaluate import bits_per_dim as nats_to_bits_per_dim
 from .models import IMAGE_SIZE, build_vae, is_conditional
 
 __all__ = ["LinearGaussianVAE", "bits_per_dim", "conditional_negative_elbo",
-           "kl_standard_normal", "log_likelihood_estimate", "log_prob",
+           "iwae_bound", "kl_standard_normal", "log_likelihood_estimate", "log_prob",
            "mixture_prior_log_prob", "monte_carlo_kl", "negative_elbo",
            "reparameterize"]
 
@@ -1400,3 +1402,144 @@ def bits_per_dim(fn: Callable, dequantized: bool = False,
     else:
         report.fail(what, _bits_hint(result, log_p, dequantized, num_dims))
     return report.finish()
+# ------------------------------------------------------------- the k-sample bound
+
+
+def iwae_bound(fn: Callable, num_samples: int = 10, num_calls: int = 200) -> bool:
+    r"""Check a learner's k-sample bound ``fn(model, x, k) -> (batch,)``.
+
+    ``fn`` receives a VAE of :mod:`vae_course.models`, binary images ``x`` (batch,
+    784) and ``k``, draws k reparameterized codes per image from q(z|x) and returns
+    :math:`\log \frac{1}{k} \sum_i p(x, z_i) / q(z_i \mid x)` for each image. It is
+    called on a small seeded model: once with gradients (they must reach the encoder
+    through z, and the decoder), then ``num_calls`` times, and its average is compared
+    with a precise :math:`\mathcal{L}_k`, with the ELBO (log-weights averaged) and
+    with the bound without its :math:`-\log k`. Returns True when all passed.
+    """
+    _require_callable(fn)
+    if isinstance(num_samples, bool) or not isinstance(num_samples, int) \
+            or num_samples < 2:
+        raise ValueError(f"num_samples must be an integer of at least 2 (at k = 1 "
+                         f"the bound is the ELBO); got {num_samples!r}")
+    model, images = _default_model_and_images()
+    report = _Report(f"Checking the k-sample bound, called as fn(model, x, "
+                     f"{num_samples}) on {len(images)} images:")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        return _check_iwae_bound(fn, model, images, num_samples, num_calls, report)
+
+
+def _decoder_sees_reparameterized_codes(model) -> tuple[list[bool], Callable]:
+    """Records, for every decoder call, whether its codes carry a gradient."""
+    seen: list[bool] = []
+    handle = model.decoder.register_forward_pre_hook(
+        lambda module, inputs: seen.append(bool(inputs[0].requires_grad)))
+    return seen, handle.remove
+
+
+def _check_iwae_bound(fn, model, images, k, num_calls, report) -> bool:
+    seen, remove_hook = _decoder_sees_reparameterized_codes(model)
+    try:
+        bound = _call(report, fn, model, images, k)
+    finally:
+        remove_hook()
+    if not _is_tensor(report, bound, "one bound per image"):
+        return report.finish()
+    batch = len(images)
+    what = f"returns one bound per image, shape ({batch},)"
+    if bound.shape != (batch,):
+        report.fail(what, f"it returned shape {tuple(bound.shape)}: combine the k "
+                    "log-weights of each image (logsumexp over the samples' "
+                    "dimension) and keep the batch dimension.")
+        return report.finish()
+    report.ok(what)
+    if not bool(torch.isfinite(bound).all()):
+        report.fail("is finite", f"it returned {_listed(bound, 2)}. The log-weights "
+                    "here are near -580 nats, so exp() of them is 0 in float32: "
+                    "never exponentiate them; use torch.logsumexp(log_w, dim) - "
+                    "math.log(k).")
+        return report.finish()
+    report.ok("is finite")
+    if not _iwae_gradients(report, model, bound, seen):
+        return report.finish()
+    with torch.no_grad():
+        values = [_call(report, fn, model, images, k, what="runs again")
+                  for _ in range(num_calls)]
+    if any(isinstance(value, _Crashed) for value in values):
+        return report.finish()
+    draws = torch.stack([value.double() for value in values]).mean(1)  # (calls,)
+    _compare_with_the_bound(report, model, images, k, draws)
+    return report.finish()
+
+
+def _iwae_gradients(report, model, bound, seen) -> bool:
+    """Whether gradients reach both networks, z through rsample included."""
+    sample_hint = ("draw z with posterior.rsample((k,)) (or mu + sigma * eps), not "
+                   "sample(): sample() cuts the path from z back to the encoder, "
+                   "which then learns only from log q(z|x).")
+    if not bound.requires_grad:
+        report.fail("carries gradients to the encoder and the decoder",
+                    "the bound has no grad_fn: no .item(), .detach(), NumPy or "
+                    "torch.no_grad().")
+        return False
+    if seen and not any(seen):
+        report.fail("draws z with rsample: the gradient reaches the encoder "
+                    "through z", "the codes the decoder received carry no "
+                    "gradient: " + sample_hint)
+        return False
+    networks = {"encoder": model.encoder, "decoder": model.decoder}
+    gradients = torch.autograd.grad(
+        bound.sum(), [p for net in networks.values() for p in net.parameters()],
+        allow_unused=True)
+    sizes = [len(list(net.parameters())) for net in networks.values()]
+    missing = [name for (name, _), grads in zip(
+        networks.items(), (gradients[:sizes[0]], gradients[sizes[0]:]), strict=True)
+        if all(g is None or not bool(g.abs().sum() > 0) for g in grads)]
+    if missing:
+        report.fail("carries gradients to the encoder and the decoder",
+                    f"no gradient reaches the {' or the '.join(missing)}.")
+        return False
+    report.ok("draws z with rsample: the gradient reaches the encoder through z, "
+              "and the decoder")
+    return True
+
+
+def _compare_with_the_bound(report, model, images, k, draws) -> None:
+    """The learner's average against L_k and against the usual slips."""
+    num_reference, per_call = 1000, 250  # draws of the bound, and per decoder call
+    batch = len(images)
+    with torch.no_grad():
+        repeated = images.repeat(per_call, 1)  # (per_call * batch, 784)
+        log_w = torch.cat([log_importance_weights(
+            model, repeated, torch.randn(per_call * batch, k, model.latent_dim))
+            for _ in range(num_reference // per_call)])  # (reference * batch, k)
+    log_w = log_w.double().reshape(num_reference, batch, k)
+    reference = (torch.logsumexp(log_w, -1) - math.log(k)).mean(1)  # (reference,)
+    expected = reference.mean().item()
+    tolerance = 5 * math.sqrt(draws.var().item() / len(draws)
+                              + reference.var().item() / num_reference) + 1e-3
+    mean = draws.mean().item()
+    what = f"its average over {len(draws)} calls is L_{k}, the k-sample bound"
+    if abs(mean - expected) < tolerance:
+        report.ok(what)
+        return
+    elbo = log_w.mean(-1).mean().item()
+    candidates = [
+        (elbo, "That is the ELBO: the log-weights were averaged (a mean of logs). "
+               "The k-sample bound is the log of the mean weight: "
+               "torch.logsumexp(log_w, dim) - math.log(k)."),
+        (expected + math.log(k),
+         f"It is too large by log k = {math.log(k):.2f} nats: the -log k is missing. "
+         "logsumexp sums the k weights; the bound averages them."),
+        (-expected, "That is minus the bound (a loss); the bound itself is "
+                    "log-mean-exp of the log-weights."),
+        (-elbo, "That is minus the ELBO: the log-weights were averaged, and the "
+                "sign is flipped."),
+    ]
+    for value, hint in candidates:
+        if abs(mean - value) < tolerance:
+            report.fail(what, hint)
+            return
+    report.fail(what, f"expected about {expected:.2f} nats per image, got "
+                f"{mean:.2f}: log w_i = log p(x|z_i) + log p(z_i) - log q(z_i|x), "
+                "then torch.logsumexp over the k samples, minus math.log(k).")

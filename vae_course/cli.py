@@ -42,11 +42,13 @@ BEST = "best.pt"
 # What a training run is made of: saved in its checkpoint, and on --resume taken
 # from there (the model's config holds the first four, the settings the rest).
 MODEL_SETTINGS = ("architecture", "latent_dim", "hidden_sizes", "likelihood")
-RUN_SETTINGS = ("dataset", "batch_size", "lr", "beta", "warmup_epochs", "seed")
+RUN_SETTINGS = ("dataset", "batch_size", "lr", "beta", "warmup_epochs", "seed",
+                "iwae_samples")
 TRAIN_DEFAULTS = {"epochs": 16, "batch_size": 100, "latent_dim": 32,
                   "hidden_sizes": [100, 100], "architecture": "mlp",
                   "likelihood": "bernoulli", "lr": 1e-3, "beta": 1.0,
-                  "warmup_epochs": 0.0, "dataset": "mnist", "seed": 0}
+                  "warmup_epochs": 0.0, "dataset": "mnist", "seed": 0,
+                  "iwae_samples": 1}
 SEED_LIMIT = 2**32  # numpy's seeds lie below it
 
 
@@ -145,6 +147,9 @@ def build_parser() -> argparse.ArgumentParser:
                        default=None,
                        help="epochs over which the KL weight rises from 0 to beta "
                             "(default: 0)")
+    train.add_argument("--iwae-samples", type=_number(int), default=None, metavar="K",
+                       help="train an IWAE on the K-sample importance-weighted bound; "
+                            "1 is the VAE's ELBO (default: 1)")
     _add_common(train, seed_default=None)
     train.add_argument("--dataset", choices=tuple(DATASETS), default=None,
                        help="which images to learn (default: mnist)")
@@ -257,6 +262,8 @@ def _saved_settings(path: Path, payload: dict) -> dict:
         raise CheckpointError(f"{path} holds no training settings (it was not "
                               "written by `python -m vae_course train`), so it "
                               "cannot be resumed")
+    # Runs saved before --iwae-samples existed trained on the ELBO.
+    settings = {"iwae_samples": 1, **settings}
     missing = [name for name in RUN_SETTINGS if name not in settings]
     if missing:
         raise CheckpointError(f"{path} lacks the training settings {missing}, so "
@@ -270,7 +277,8 @@ def _saved_settings(path: Path, payload: dict) -> dict:
                                           ("lr", False, False),
                                           ("beta", False, True),
                                           ("warmup_epochs", False, True),
-                                          ("seed", True, True)]:
+                                          ("seed", True, True),
+                                          ("iwae_samples", True, False)]:
             checked[name] = check_number(f"its setting {name}", settings[name],
                                          integer=integer, allow_zero=allow_zero)
     except (TypeError, ValueError) as error:
@@ -343,6 +351,11 @@ def run_train(args) -> int:
     else:
         chosen = {**TRAIN_DEFAULTS, **explicit}
         settings = {name: chosen[name] for name in RUN_SETTINGS}
+        if settings["iwae_samples"] > 1 and (settings["beta"] != 1
+                                             or settings["warmup_epochs"] != 0):
+            raise UsageError("--iwae-samples above 1 trains on the k-sample bound, "
+                             "which has no KL term to weight: leave out --beta and "
+                             "--warmup-epochs")
         seed_everything(settings["seed"])
         model = _build_model({name: chosen[name] for name in MODEL_SETTINGS},
                              args.device)
@@ -367,6 +380,7 @@ def run_train(args) -> int:
                       batch_size=settings["batch_size"], learning_rate=settings["lr"],
                       seed=settings["seed"], beta=settings["beta"],
                       warmup_epochs=settings["warmup_epochs"],
+                      iwae_samples=settings["iwae_samples"],
                       progress=not args.no_progress, callback=after_epoch,
                       optimizer=optimizer, history=history)
     except FloatingPointError as error:

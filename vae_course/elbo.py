@@ -1,4 +1,4 @@
-r"""The evidence lower bound, as three terms per image.
+r"""The evidence lower bound, as three terms per image, and the k-sample bound.
 
 .. math::
     \mathrm{ELBO}(x) = \underbrace{E_q[\log p(x|z)]}_{\text{reconstruction}}
@@ -12,6 +12,17 @@ batch, which keeps it independent of the batch size.
 
 A conditional VAE's ELBO is the same with every distribution given the label,
 q(z|x,y) and p(x|z,y), and bounds log p(x|y): pass ``labels`` to each function.
+Importance weighting (Burda, Grosse and Salakhutdinov, 2016) tightens the bound
+with k codes drawn from q(z|x):
+
+.. math::
+    \mathcal{L}_k(x) = E\Big[\log \frac{1}{k} \sum_{i=1}^{k} w_i\Big],
+    \qquad w_i = \frac{p(x \mid z_i)\, p(z_i)}{q(z_i \mid x)},
+
+with :math:`\mathcal{L}_1 = \mathrm{ELBO} \le \mathcal{L}_k \le \log p(x)`.
+:func:`log_importance_weights` computes the :math:`\log w_i`; trained on,
+:func:`iwae_bound` makes a VAE an IWAE, and evaluated with thousands of samples it
+is the log-likelihood estimate of :mod:`vae_course.evaluate`.
 """
 
 from __future__ import annotations
@@ -20,9 +31,10 @@ import contextlib
 import math
 
 import torch
+import torch.nn.functional as F
 from torch.distributions import Distribution
 
-from .distributions import check_pixels
+from .distributions import check_pixels, likelihood_from_logits
 from .models import label_arguments
 
 LOG_2PI = math.log(2 * math.pi)
@@ -123,6 +135,110 @@ def negative_elbo_of_checked_pixels(model, x: torch.Tensor, beta: float = 1.0,
     with unvalidated_distributions():
         terms = _terms_of_checked_pixels(model, x, 1, True, labels)
     return _beta_loss(terms, beta), terms
+
+
+def check_num_samples(num_samples) -> int:
+    """``num_samples`` if it is a positive integer (not a bool); else a ValueError."""
+    if isinstance(num_samples, bool) or not isinstance(num_samples, int) \
+            or num_samples < 1:
+        raise ValueError(f"num_samples must be a positive integer; got {num_samples!r}")
+    return num_samples
+
+
+def log_importance_weights(model, x: torch.Tensor, noise: torch.Tensor,
+                           rows_per_call: int | None = None,
+                           label_rows: torch.Tensor | None = None) -> torch.Tensor:
+    """log p(x|z_i) + log p(z_i) - log q(z_i|x), z_i = mu + sigma * noise_i: (batch, k).
+
+    ``x`` (batch, 784) holds pixels the likelihood accepts (see
+    :func:`vae_course.distributions.check_pixels`); ``noise`` (batch, k, latent_dim)
+    holds standard normal draws, so z is reparameterized (rsample): the weights
+    carry gradients to the encoder and the decoder. ``rows_per_call`` decodes at
+    most that many codes of each image at a time, to bound memory (evaluation).
+    A conditional VAE takes its labels as one-hot ``label_rows`` (batch, classes),
+    and every distribution is given y.
+    """
+    log_likelihood, log_prior_ratio, _ = _log_weight_terms(model, x, noise,
+                                                           rows_per_call, label_rows)
+    return log_likelihood + log_prior_ratio
+
+
+def _log_weight_terms(model, x, noise, rows_per_call=None, label_rows=None):
+    """log p(x|z_i) and log p(z_i) - log q(z_i|x), both (batch, k), and q(z|x)."""
+    given = () if label_rows is None else (label_rows,)
+    # Each image's label for all of its codes: (batch, 1, classes) broadcasts.
+    given_to_codes = () if label_rows is None else (label_rows[:, None],)
+    posterior = model.encode(x, *given)
+    loc, log_scale = posterior.base_dist.loc, posterior.base_dist.scale.log()
+    z = loc[:, None] + log_scale.exp()[:, None] * noise  # (batch, k, latent_dim)
+    # log p(z) - log q(z|x) for Gaussians, where z - loc = scale * noise: (batch, k)
+    log_prior_ratio = 0.5 * (noise**2 - z**2).sum(-1) + log_scale.sum(-1, True)
+    num_samples = noise.shape[1]
+    rows_per_image = min(num_samples, rows_per_call or num_samples)
+    pieces = []
+    for done in range(0, num_samples, rows_per_image):
+        codes = z[:, done:done + rows_per_image]  # (batch, rows, latent_dim)
+        # (batch, rows, 784) logits, or twice as many outputs for two per pixel
+        logits = model.decode_logits(codes, *given_to_codes)
+        pieces.append(_log_likelihood(model.likelihood, logits, x))
+    return torch.cat(pieces, 1), log_prior_ratio, posterior
+
+
+def _log_likelihood(kind, logits, x):
+    """log p(x|z) of each image under each of its codes' logits: (batch, rows)."""
+    if kind == "bernoulli":
+        # sum_j x_j l_j - softplus(l_j): a matrix product, then log(1 + e^l), whose
+        # exp and log run twice as fast as softplus's; it overflows only for l > 88,
+        # and those rows are redone with softplus.
+        matched = (logits @ x[:, :, None]).squeeze(-1)  # (batch, rows)
+        if logits.requires_grad:  # training: the in-place ops below break autograd
+            return matched - F.softplus(logits).sum(-1)
+        normalizer = logits.exp().add_(1).log_().sum(-1)  # (batch, rows)
+        if not bool(torch.isfinite(normalizer).all()):
+            normalizer = F.softplus(logits).sum(-1)
+        return matched - normalizer
+    with unvalidated_distributions():  # the caller has checked these pixels
+        return likelihood_from_logits(logits, kind).log_prob(x[:, None])
+
+
+def iwae_bound(model, x: torch.Tensor, num_samples: int) -> torch.Tensor:
+    r"""One draw of the k-sample bound :math:`\mathcal{L}_k` of each image: (batch,).
+
+    :math:`\log \frac{1}{k} \sum_i w_i` with ``num_samples`` = k reparameterized
+    codes per image, computed as ``logsumexp(log w) - log k``; it carries gradients
+    to the encoder and the decoder. Its mean over draws is :math:`\mathcal{L}_k`.
+    """
+    check_num_samples(num_samples)
+    check_pixels(x, model.likelihood)
+    return _iwae_terms_of_checked_pixels(model, x, num_samples)["bound"]
+
+
+def _iwae_terms_of_checked_pixels(model, x, num_samples):
+    noise = torch.randn(len(x), num_samples, model.latent_dim, device=x.device,
+                        dtype=x.dtype)  # (batch, k, latent_dim)
+    log_likelihood, log_prior_ratio, posterior = _log_weight_terms(model, x, noise)
+    log_weights = log_likelihood + log_prior_ratio  # (batch, k)
+    bound = torch.logsumexp(log_weights, 1) - math.log(num_samples)  # (batch,)
+    # The ELBO's terms from the same k draws, for reporting: the k-sample average
+    # of log p(x|z) and the closed-form entropy and cross-entropy.
+    reconstruction = log_likelihood.mean(1)  # (batch,)
+    entropy = entropy_normal(posterior)
+    cross_entropy = cross_entropy_standard_normal(posterior)
+    kl = cross_entropy - entropy
+    return {"reconstruction": reconstruction, "entropy": entropy,
+            "cross_entropy": cross_entropy, "kl": kl, "elbo": reconstruction - kl,
+            "bound": bound}
+
+
+def negative_iwae_bound_of_checked_pixels(model, x: torch.Tensor, num_samples: int):
+    """The trainer's IWAE loss, the batch mean of -L_k, and the per-image terms.
+
+    For pixels already checked, like :func:`negative_elbo_of_checked_pixels`; the
+    terms hold the ELBO's (estimated from the same k draws) and ``bound``.
+    """
+    with unvalidated_distributions():
+        terms = _iwae_terms_of_checked_pixels(model, x, num_samples)
+    return -terms["bound"].mean(), terms
 
 
 @torch.no_grad()

@@ -7,9 +7,11 @@ q(z|x) and averaging their importance weights gives a tighter estimate,
     \log p(x) \approx \log \frac{1}{K} \sum_{k=1}^{K}
         \frac{p(x \mid z_k)\, p(z_k)}{q(z_k \mid x)}, \qquad z_k \sim q(z \mid x),
 
-which is itself a lower bound in expectation (Burda et al., 2015) and tends to
-:math:`\log p(x)` as K grows. For a conditional VAE, given the ``labels``, every
-distribution is conditioned on y and the same average estimates
+which is itself a lower bound in expectation (Burda et al., 2016) and tends to
+:math:`\log p(x)` as K grows. It is the k-sample bound that an IWAE trains on
+(:func:`vae_course.elbo.iwae_bound`), at k = K: both compute their log-weights with
+:func:`vae_course.elbo.log_importance_weights`. For a conditional VAE, given the
+``labels``, every distribution is conditioned on y and the same average estimates
 :math:`\log p(x \mid y)`.
 
 Each image draws its codes from a random stream of its own, seeded by the seed and
@@ -23,10 +25,9 @@ import math
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from .distributions import check_pixels, likelihood_from_logits
-from .elbo import mean_terms, unvalidated_distributions
+from .distributions import check_pixels
+from .elbo import check_num_samples, log_importance_weights, mean_terms
 from .models import IMAGE_SIZE
 from .train import (
     check_images,
@@ -119,9 +120,7 @@ def importance_weighted_log_likelihood(model, images: torch.Tensor,
     (N,) tensor in nats on the CPU. A conditional VAE needs the ``labels`` of the
     images (int64, one per image) and then estimates log p(x|y).
     """
-    if isinstance(num_samples, bool) or not isinstance(num_samples, int) \
-            or num_samples < 1:
-        raise ValueError(f"num_samples must be a positive integer; got {num_samples!r}")
+    check_num_samples(num_samples)
     _check_index("seed", seed)
     _check_index("first_index", first_index)
     if isinstance(max_pixels, bool) or not isinstance(max_pixels, int) \
@@ -159,39 +158,10 @@ def _log_weights(model, x, indices, num_samples, seed, rows_per_call, label_rows
     """
     device = model.device
     x = x.to(device)
-    given = () if label_rows is None else (label_rows,)
-    # Each image's label for all of its codes: (group, 1, classes) broadcasts.
-    given_to_codes = () if label_rows is None else (label_rows[:, None],)
-    posterior = model.encode(x, *given).base_dist
-    loc, log_scale = posterior.loc, posterior.scale.log()  # (group, latent_dim) each
     noise = torch.stack([
         torch.randn(num_samples, model.latent_dim, generator=image_generator(seed, i))
         for i in indices]).to(device)  # (group, K, latent_dim)
-    z = loc[:, None] + log_scale.exp()[:, None] * noise  # z ~ q(z|x), as rsample draws
-    # log p(z) - log q(z|x) for Gaussians, where z - loc = scale * noise: (group, K)
-    log_prior_ratio = 0.5 * (noise**2 - z**2).sum(-1) + log_scale.sum(-1, True)
-    pieces = []
-    rows_per_image = min(num_samples, rows_per_call)
-    for done in range(0, num_samples, rows_per_image):
-        codes = z[:, done:done + rows_per_image]  # (group, rows, latent_dim)
-        logits = model.decode_logits(codes, *given_to_codes)  # (group, rows, 784)
-        pieces.append(_log_likelihood(model.likelihood, logits, x))
-    return torch.cat(pieces, 1) + log_prior_ratio
-
-
-def _log_likelihood(kind, logits, x):
-    """log p(x|z) of each image under each of its codes' logits: (group, rows)."""
-    if kind == "bernoulli":
-        # sum_j x_j l_j - softplus(l_j): a matrix product, then log(1 + e^l), whose
-        # exp and log run twice as fast as softplus's; it overflows only for l > 88,
-        # and those rows are redone with softplus.
-        matched = (logits @ x[:, :, None]).squeeze(-1)  # (group, rows)
-        normalizer = logits.exp().add_(1).log_().sum(-1)  # (group, rows)
-        if not bool(torch.isfinite(normalizer).all()):
-            normalizer = F.softplus(logits).sum(-1)
-        return matched - normalizer
-    with unvalidated_distributions():  # check_pixels has seen these pixels
-        return likelihood_from_logits(logits, kind).log_prob(x[:, None])
+    return log_importance_weights(model, x, noise, rows_per_call, label_rows)
 
 
 # Burda et al. (2016) call a latent unit active when its activity exceeds this.

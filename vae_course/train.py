@@ -22,7 +22,11 @@ from tqdm.auto import tqdm
 from .data import binarize as binarize_images
 from .data import check_pixel_values
 from .distributions import check_pixels
-from .elbo import mean_terms, negative_elbo_of_checked_pixels
+from .elbo import (
+    mean_terms,
+    negative_elbo_of_checked_pixels,
+    negative_iwae_bound_of_checked_pixels,
+)
 from .models import IMAGE_SIZE, is_conditional
 
 TERMS = ("loss", "reconstruction", "entropy", "cross_entropy", "kl")
@@ -138,7 +142,8 @@ def fixed_binarization(images: torch.Tensor, binarize: bool, seed: int = 0):
 
 
 def _train_epoch(model, optimizer, images, *, batch_size, binarize, beta, warmup_steps,
-                 epoch, step_offset, bar, label_rows=None) -> dict[str, float]:
+                 epoch, step_offset, bar, label_rows=None,
+                 iwae_samples=1) -> dict[str, float]:
     num_steps = math.ceil(len(images) / batch_size)
     # Each step's loss and its sums of the three terms, left on the device until
     # they are looked at: (num_steps, 4).
@@ -155,8 +160,12 @@ def _train_epoch(model, optimizer, images, *, batch_size, binarize, beta, warmup
             batch = torch.bernoulli(batch)
         global_step = step_offset + step
         weight = beta * min(1.0, global_step / warmup_steps) if warmup_steps else beta
-        loss, terms = negative_elbo_of_checked_pixels(model, batch, beta=weight,
-                                                      labels=labels)
+        if iwae_samples == 1:
+            loss, terms = negative_elbo_of_checked_pixels(model, batch, beta=weight,
+                                                          labels=labels)
+        else:
+            loss, terms = negative_iwae_bound_of_checked_pixels(model, batch,
+                                                                iwae_samples)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -221,7 +230,8 @@ def fit(model, train_images: torch.Tensor,
         warmup_epochs: int = 0, progress: bool = True,
         callback: Callable | None = None, optimizer: torch.optim.Optimizer | None = None,
         history: History | None = None, train_labels: torch.Tensor | None = None,
-        validation_labels: torch.Tensor | None = None) -> History:
+        validation_labels: torch.Tensor | None = None,
+        iwae_samples: int = 1) -> History:
     """Train ``model`` with Adam and return its per-epoch :class:`History`.
 
     ``train_loss`` and ``validation_loss`` are the negative ELBO in nats per image
@@ -234,6 +244,10 @@ def fit(model, train_images: torch.Tensor,
     ``callback(model, optimizer, history)`` runs after every epoch. A conditional
     VAE (``build_vae(num_classes=10)``) needs ``train_labels`` and, with validation
     images, ``validation_labels``: int64 class indices, one per image.
+    ``callback(model, optimizer, history)`` runs after every epoch.
+    ``iwae_samples`` = k > 1 trains an IWAE: the loss is the k-sample bound
+    (:func:`vae_course.elbo.iwae_bound`), which has no KL term for beta or
+    warm-up to weight; k = 1 is the VAE's training, closed-form KL and all.
     """
     num_epochs = check_number("num_epochs", num_epochs, integer=True)
     batch_size = check_number("batch_size", batch_size, integer=True)
@@ -241,6 +255,15 @@ def fit(model, train_images: torch.Tensor,
     seed = check_number("seed", seed, integer=True, allow_zero=True)
     beta = check_number("beta", beta, allow_zero=True)
     warmup_epochs = check_number("warmup_epochs", warmup_epochs, allow_zero=True)
+    iwae_samples = check_number("iwae_samples", iwae_samples, integer=True)
+    if iwae_samples > 1 and is_conditional(model):
+        raise ValueError(f"iwae_samples={iwae_samples}: the k-sample bound is written "
+                         "for the plain VAE; train a conditional VAE on its ELBO "
+                         "(iwae_samples=1)")
+    if iwae_samples > 1 and (beta != 1 or warmup_epochs != 0):
+        raise ValueError(f"iwae_samples={iwae_samples} trains on the k-sample bound, "
+                         "which has no KL term to weight: leave beta at 1 and "
+                         "warmup_epochs at 0")
     dtype = next(model.parameters()).dtype
     check_images(train_images, "train_images", dtype)
     if validation_images is not None:
@@ -271,7 +294,7 @@ def fit(model, train_images: torch.Tensor,
                 model, optimizer, train, batch_size=batch_size, binarize=binarize,
                 beta=beta, warmup_steps=warmup_epochs * steps_per_epoch, epoch=epoch,
                 step_offset=(epoch - 1) * steps_per_epoch, bar=bar,
-                label_rows=train_rows)
+                label_rows=train_rows, iwae_samples=iwae_samples)
             seconds = time.perf_counter() - started
             # The loop looks at the losses, not at what the last step did to the
             # weights: that is checked here, before the model is tested or saved.
