@@ -288,6 +288,24 @@ def test_evaluate_prints_the_log_likelihood_and_the_elbo(capsys, fake_data, tmp_
     assert numbers["split"] == "test" and fake_data[-1][0] == "test"
 
 
+def test_evaluate_gives_a_conditional_model_its_labels(capsys, fake_data, tmp_path):
+    from vae_course.evaluate import evaluate_elbo
+
+    torch.manual_seed(0)
+    model = build_vae(latent_dim=2, hidden_sizes=(16,), num_classes=10)
+    path = save_checkpoint(tmp_path / "conditional.pt", model)
+    report = tmp_path / "numbers.json"
+    status, out, err = run(["evaluate", path, "--k", "5", "--limit", "20",
+                            "--no-progress", "--device", "cpu", "--json", report],
+                           capsys)
+    assert status == 0, err
+    assert any(line.startswith("test log p(x|y) (importance sampled, K=5)")
+               for line in out), out
+    images, labels = synthetic_split("test")
+    expected = evaluate_elbo(model, images[:20], labels=labels[:20])["negative_elbo"]
+    assert json.loads(report.read_text())["negative_elbo"] == pytest.approx(expected)
+
+
 def test_evaluate_reads_the_split_it_is_given(capsys, fake_data, tmp_path):
     folder = tmp_path / "run"
     assert run(["train", "--epochs", "1", "--output", folder, *TINY], capsys)[0] == 0

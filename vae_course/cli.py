@@ -32,7 +32,7 @@ from .checkpoints import (
 from .data import DATASETS, DataCorruptError, DataNotFoundError, load_mnist
 from .distributions import LIKELIHOODS
 from .evaluate import evaluate_elbo, importance_weighted_log_likelihood
-from .models import ARCHITECTURES, build_vae
+from .models import ARCHITECTURES, build_vae, is_conditional
 from .runtime import default_device, seed_everything, set_threads
 from .train import check_number, fit
 
@@ -404,16 +404,18 @@ def run_train(args) -> int:
     return 0
 
 
-def _print_log_likelihood(model, images, k, seed, progress,
-                          split: str) -> dict[str, float]:
+def _print_log_likelihood(model, images, k, seed, progress, split: str,
+                          labels=None) -> dict[str, float]:
     started = time.perf_counter()
     log_p = importance_weighted_log_likelihood(model, images, num_samples=k, seed=seed,
-                                               progress=progress)
+                                               progress=progress, labels=labels)
+    # A conditional VAE's estimate is of log p(x|y), given the true labels.
+    shown = "log p(x)" if labels is None else "log p(x|y)"
     seconds = time.perf_counter() - started
     spread = log_p.std().item() if len(log_p) > 1 else 0.0
     standard_error = spread / math.sqrt(len(log_p))
-    print(f"{split} log p(x) (importance sampled, K={k}): {log_p.mean():.2f} nats "
-          f"(standard error {standard_error:.2f}), i.e. -log p(x) = "
+    print(f"{split} {shown} (importance sampled, K={k}): {log_p.mean():.2f} nats "
+          f"(standard error {standard_error:.2f}), i.e. -{shown} = "
           f"{-log_p.mean():.2f} ({seconds:.0f} s)")
     return {"log_likelihood": log_p.mean().item(), "standard_error": standard_error,
             "k": k, "seconds": seconds}
@@ -429,13 +431,14 @@ def run_evaluate(args) -> int:
     if dataset not in DATASETS:
         raise CheckpointError(f"{args.checkpoint} names an unknown dataset "
                               f"{dataset!r}")
-    images, _ = load_mnist(args.split, dataset, args.data_root)
+    images, labels = load_mnist(args.split, dataset, args.data_root)
     if args.limit is not None:
-        images = images[:args.limit]
-    terms = evaluate_elbo(model, images, seed=args.seed)
+        images, labels = images[:args.limit], labels[:args.limit]
+    labels = labels if is_conditional(model) else None  # given y, for p(x|y)
+    terms = evaluate_elbo(model, images, seed=args.seed, labels=labels)
     print(f"{dataset} {args.split} set, {len(images)} images, {model.config}")
     result = _print_log_likelihood(model, images, args.k, args.seed,
-                                   not args.no_progress, args.split)
+                                   not args.no_progress, args.split, labels)
     print(f"{args.split} -ELBO: {terms['negative_elbo']:.2f} nats "
           f"(reconstruction {terms['reconstruction']:.2f}, KL {terms['kl']:.2f})")
     if args.json is not None:
