@@ -28,7 +28,7 @@ truncation error is the mass outside the grid. :class:`LatentGrid` defaults to
 cells of 0.01 on :math:`[-6, 6]^2`; ``edge_mass`` reports the posterior mass in the
 grid's border tiles, so a posterior near the edge shows. The tests check the rule
 against a linear-Gaussian model, whose evidence and posterior are known in closed
-form, and check that halving :math:`h` changes nothing that is printed.
+form, and check that halving :math:`h` moves log p(x) by less than 0.001 nats.
 
 The fine grid has 1200 x 1200 codes. Each image's posterior fills a small part of
 it, so :func:`exact_inference` first scores a coarse grid (cells ten times wider),
