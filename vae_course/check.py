@@ -7,17 +7,18 @@ returns ``True`` when everything passed. A wrong answer never raises: a function
 that crashes is reported like any other mistake. Only misuse of the checker itself
 (passing something that is not callable, an unknown option) raises.
 
-=============================  ==================================================
-checker                        the function it expects
-=============================  ==================================================
-:func:`kl_standard_normal`     ``fn(mu, log_var) -> (batch,)``, or ``fn(posterior)``
-:func:`reparameterize`         ``fn(mu, log_var) -> z``, same shape as ``mu``
-:func:`log_prob`               ``fn(value, logits)`` (Bernoulli) or
-                               ``fn(value, loc, scale)`` (Normal)
-:func:`negative_elbo`          ``fn(model, x) -> scalar loss`` (batch mean)
-:func:`quadrature_log_likelihood`  ``fn(model, x, axis) -> log p(x)`` of one image
-                               of a model with two latent units
-=============================  ==================================================
+====================================  ==================================================
+checker                               the function it expects
+====================================  ==================================================
+:func:`kl_standard_normal`            ``fn(mu, log_var) -> (batch,)``, or
+                                      ``fn(posterior)``
+:func:`reparameterize`                ``fn(mu, log_var) -> z``, same shape as ``mu``
+:func:`log_prob`                      ``fn(value, logits)`` (Bernoulli) or
+                                      ``fn(value, loc, scale)`` (Normal)
+:func:`negative_elbo`                 ``fn(model, x) -> scalar loss`` (batch mean)
+:func:`quadrature_log_likelihood`     ``fn(model, x, axis) -> log p(x)`` of one image
+                                      of a model with two latent units
+====================================  ==================================================
 
 Here ``log_var`` is :math:`\log\sigma^2`, one per latent unit, and ``x`` a batch of
 binary images of shape (batch, 784).
