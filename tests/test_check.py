@@ -912,3 +912,62 @@ def test_iwae_bound_misuse_raises_and_the_random_state_is_left_alone():
     torch.manual_seed(7)
     check.iwae_bound(bound_right, num_calls=5)
     assert torch.equal(torch.rand(3), expected)
+# ------------------------------------------------------- log p(x) by quadrature
+
+
+def quadrature_right(model, x, axis):
+    codes = torch.cartesian_prod(axis, axis)  # (n * n, 2)
+    log_joint = (model.decode(codes).log_prob(x)
+                 + Normal(0.0, 1.0).log_prob(codes).sum(-1))  # (n * n,)
+    step = (axis[1] - axis[0]).item()
+    return torch.logsumexp(log_joint, 0) + 2 * math.log(step)
+
+
+def test_quadrature_right_answer_passes(capsys):
+    assert_passes(check.quadrature_log_likelihood(quadrature_right), capsys)
+
+
+def test_quadrature_without_the_cell_area(capsys):
+    def no_area(model, x, axis):
+        return quadrature_right(model, x, axis) - 2 * math.log(axis[1] - axis[0])
+
+    assert_fails_with(check.quadrature_log_likelihood(no_area), capsys,
+                      "log of the cell area is missing")
+
+
+def test_quadrature_with_one_side_of_the_cell(capsys):
+    def one_side(model, x, axis):
+        return quadrature_right(model, x, axis) - math.log(axis[1] - axis[0])
+
+    assert_fails_with(check.quadrature_log_likelihood(one_side), capsys,
+                      "Only one side of the cell")
+
+
+def test_quadrature_summing_densities(capsys):
+    def densities(model, x, axis):
+        codes = torch.cartesian_prod(axis, axis)
+        log_joint = (model.decode(codes).log_prob(x)
+                     + Normal(0.0, 1.0).log_prob(codes).sum(-1))
+        return torch.log(log_joint.exp().sum() * (axis[1] - axis[0]) ** 2)
+
+    assert_fails_with(check.quadrature_log_likelihood(densities), capsys,
+                      "underflows", "logsumexp")
+
+
+def test_quadrature_on_a_grid_of_its_own(capsys):
+    def own_grid(model, x, axis):
+        return quadrature_right(model, x, torch.linspace(-3.0, 3.0, 121))
+
+    out = assert_fails_with(check.quadrature_log_likelihood(own_grid), capsys,
+                            "does your grid reach it")
+    assert "✓ equals the grid's sum for an image whose posterior is near" in out
+
+
+def test_quadrature_without_the_prior(capsys):
+    def no_prior(model, x, axis):
+        codes = torch.cartesian_prod(axis, axis)
+        return (torch.logsumexp(model.decode(codes).log_prob(x), 0)
+                + 2 * math.log(axis[1] - axis[0]))
+
+    assert_fails_with(check.quadrature_log_likelihood(no_prior), capsys,
+                      "log p(z) is missing")

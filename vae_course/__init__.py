@@ -3,7 +3,7 @@
 Modules import one way only::
 
     runtime -> data -> distributions -> models -> elbo -> train
-            -> evaluate, checkpoints, plots, check -> cli
+            -> evaluate, gaps, checkpoints, plots -> check -> cli
 
 ``check`` gives learners instant feedback on the functions they write in exercises.
 """
@@ -15,6 +15,7 @@ from . import (
     distributions,
     elbo,
     evaluate,
+    gaps,
     models,
     plots,
     runtime,
@@ -24,5 +25,5 @@ from .runtime import budget, setup, smoke_test
 
 __all__ = [
     "budget", "check", "checkpoints", "data", "distributions", "elbo", "evaluate",
-    "models", "plots", "runtime", "setup", "smoke_test", "train",
+    "gaps", "models", "plots", "runtime", "setup", "smoke_test", "train",
 ]

@@ -28,6 +28,8 @@ checker                            the function it expects
                                    log-density)
 :func:`iwae_bound`                 ``fn(model, x, k) -> (batch,)``, the k-sample
                                    bound
+:func:`quadrature_log_likelihood`  ``fn(model, x, axis) -> log p(x)`` of one image
+                                   of a model with two latent units
 =================================  ================================================
 
 Here ``log_var`` is :math:`\log\sigma^2`, one per latent unit, and ``x`` a batch of
@@ -53,12 +55,13 @@ from .distributions import NUM_LEVELS
 from .elbo import LOG_2PI, elbo_terms, log_importance_weights
 from .elbo import kl_standard_normal as kl_of_posterior
 from .evaluate import bits_per_dim as nats_to_bits_per_dim
+from .gaps import codes_of, log_joint
 from .models import IMAGE_SIZE, build_vae, is_conditional
 
 __all__ = ["LinearGaussianVAE", "bits_per_dim", "conditional_negative_elbo",
            "iwae_bound", "kl_standard_normal", "log_likelihood_estimate", "log_prob",
            "mixture_prior_log_prob", "monte_carlo_kl", "negative_elbo",
-           "reparameterize"]
+           "quadrature_log_likelihood", "reparameterize"]
 
 PASS, FAIL = "✓", "✗"
 # Hints shared by several checkers.
@@ -1543,3 +1546,99 @@ def _compare_with_the_bound(report, model, images, k, draws) -> None:
     report.fail(what, f"expected about {expected:.2f} nats per image, got "
                 f"{mean:.2f}: log w_i = log p(x|z_i) + log p(z_i) - log q(z_i|x), "
                 "then torch.logsumexp over the k samples, minus math.log(k).")
+# ------------------------------------------------------- log p(x) by quadrature
+
+
+def _two_latent_cases():
+    """A small 2-D model, an image whose posterior is near the origin, one far out."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = build_vae(latent_dim=2, hidden_sizes=(16,)).eval()
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        model.decoder[0].weight.mul_(3.0)  # a posterior narrower than the prior
+        images = torch.bernoulli(model.decode(torch.tensor([[0.3, -0.5], [3.2, -3.4]])
+                                              ).mean, generator=generator)  # (2, 784)
+    return model, images
+
+
+def _posterior_peak(model, x, axis):
+    joint = log_joint(model, x[None], codes_of(axis, axis))[0]
+    best = int(joint.argmax())
+    return float(axis[best // len(axis)]), float(axis[best % len(axis)]), joint
+
+
+def _quadrature_hint(result, joint, step, count, log_prior, far_out, peak) -> str:
+    exact = float(torch.logsumexp(joint.double(), 0)) + 2 * math.log(step)
+    log_likelihood = joint.double() - log_prior
+    candidates = [
+        (exact - 2 * math.log(step),
+         "The log of the cell area is missing: the sum approximates the integral only "
+         "once each term is multiplied by the area of its cell, step**2; add "
+         "2 * log(step) to the logsumexp."),
+        (exact - math.log(step),
+         "Only one side of the cell was counted: a cell of the 2-D grid has area "
+         "step**2, so add 2 * log(step), not log(step)."),
+        (exact - 2 * math.log(count),
+         "That is the log of the mean of the densities over the grid, not of their "
+         "sum times the cell area (the mean leaves out the area of the whole box). "
+         "Use logsumexp, not a mean, and add 2 * log(step)."),
+        (float(torch.logsumexp(log_likelihood, 0)) + 2 * math.log(step),
+         "log p(z) is missing: the integrand is p(x|z) p(z), so add the prior's "
+         "log-density at each code before the logsumexp."),
+    ]
+    if not math.isfinite(result):
+        return ("It returned -inf or nan: the densities p(x, z) of a whole image are "
+                "far below what a float32 holds (below about e^-104 it rounds to 0), "
+                "so their sum underflows. Stay in log space: "
+                "torch.logsumexp(log_joint, 0) + 2 * log(step).")
+    for candidate, hint in candidates:
+        if abs(result - candidate) < 1e-3 * max(1.0, abs(candidate)):
+            return hint
+    if far_out and result < exact:
+        return (f"Too low for an image whose posterior sits near z = ({peak[0]:.1f}, "
+                f"{peak[1]:.1f}): does your grid reach it? Build the grid from the "
+                "axis you are given (every pair of its values), not from a range of "
+                "your own.")
+    return (f"expected {exact:.3f}, got {result:.3f}: sum p(x|z) p(z) over every "
+            "pair of axis values in log space, then add 2 * log(step).")
+
+
+def quadrature_log_likelihood(fn: Callable) -> bool:
+    r"""Check a learner's ``fn(model, x, axis)``: log p(x) by a sum over a 2-D grid.
+
+    ``model`` has two latent units, ``x`` is one binary image (784,) and ``axis``
+    a 1-D tensor of equally spaced cell centres; the grid is every pair of axis
+    values, and the answer is
+    :math:`\operatorname{logsumexp}_j \log p(x, z_j) + 2 \log(\text{step})`, a
+    number (or a 0-d tensor). Checked on an image whose posterior lies near the
+    origin and one whose posterior lies far out. Returns True when all passed.
+    """
+    _require_callable(fn)
+    report = _Report("Checking log p(x) by quadrature, called as fn(model, x, axis):")
+    model, images = _two_latent_cases()
+    cases = [("near the origin", images[0], torch.linspace(-4.0, 4.0, 161), False),
+             ("far from the origin", images[1], torch.linspace(-6.0, 6.0, 241), True)]
+    for where, x, axis, far_out in cases:
+        what = f"equals the grid's sum for an image whose posterior is {where}"
+        with torch.no_grad():
+            result = _call(report, fn, model, x, axis.clone(), what=what)
+        if isinstance(result, _Crashed):
+            continue
+        if isinstance(result, torch.Tensor) and result.numel() == 1:
+            result = result.item()
+        if not isinstance(result, int | float):
+            report.fail(what, f"it returned {type(result).__name__}; return one "
+                        "number, log p(x) of the image")
+            continue
+        step = float(axis[1] - axis[0])
+        peak_z1, peak_z2, joint = _posterior_peak(model, x, axis)
+        codes = codes_of(axis, axis)
+        log_prior = (-0.5 * (codes.double()**2).sum(-1) - LOG_2PI)
+        exact = float(torch.logsumexp(joint.double(), 0)) + 2 * math.log(step)
+        if math.isfinite(result) and abs(result - exact) < 1e-3 * max(1.0, abs(exact)):
+            report.ok(what)
+        else:
+            report.fail(what, _quadrature_hint(float(result), joint, step, len(axis),
+                                               log_prior, far_out, (peak_z1, peak_z2)))
+    return report.finish()
