@@ -339,7 +339,17 @@ def test_beta_vae_loss_with_beta_on_the_reconstruction(capsys):
         return -(weight * reconstruction - kl).mean(), -(reconstruction - kl).mean()
 
     assert_fails_with(check.beta_vae_loss(on_reconstruction), capsys,
-                      "multiplies the reconstruction term instead of the KL")
+                      "reconstruction term is multiplied by a weight",
+                      "The weight belongs on the KL")
+
+
+def test_beta_vae_loss_with_a_flipped_kl_or_summed_over_the_batch(capsys):
+    assert_fails_with(check.beta_vae_loss(
+        lambda r, kl, t, b, T: beta_loss_right(r, -kl, t, b, T)), capsys,
+        "Flipped KL sign")
+    assert_fails_with(check.beta_vae_loss(
+        lambda r, kl, t, b, T: tuple(5 * v for v in beta_loss_right(r, kl, t, b, T))),
+        capsys, "5x too large")
 
 
 @pytest.mark.parametrize(("weight_of", "phrase"), [

@@ -679,33 +679,49 @@ def _loss_pair(report: _Report, fn, reconstruction, kl, step, beta, warmup_steps
     return float(result[0].detach()), float(result[1].detach()), result[0]
 
 
-def _schedule_hint(losses: dict, reconstruction, kl, beta, warmup_steps) -> str:
-    """What the learner's weight schedule most likely got wrong."""
-    rec, kl = reconstruction.detach(), kl.detach()
+def _weights_read(tensors: dict, reconstruction, kl) -> dict | None:
+    """The weights each step's loss puts on the reconstruction and on the KL.
+
+    Read from the gradient: for -(a * reconstruction - w * KL).mean() over a batch
+    of B, the derivative is -a / B for each reconstruction term and w / B for each
+    KL. None when a loss has no gradient or weighs the images unequally.
+    """
+    batch, weights = len(reconstruction), {}
+    for step, loss in tensors.items():
+        if not loss.requires_grad:
+            return None
+        grads = torch.autograd.grad(loss, [reconstruction, kl], allow_unused=True)
+        on_rec, on_kl = [torch.zeros(batch, dtype=torch.float64) if grad is None
+                         else grad.detach() * batch for grad in grads]
+        if not (_close(on_rec, on_rec[:1].expand(batch))
+                and _close(on_kl, on_kl[:1].expand(batch))):
+            return None
+        weights[step] = (-float(on_rec[0]), float(on_kl[0]))
+    return weights
+
+
+def _schedule_hint(tensors: dict, losses: dict, reconstruction, kl, beta,
+                   warmup_steps) -> str:
+    """What the learner's weighting or warm-up schedule most likely got wrong."""
     wanted = {t: warmup_weight(t, beta, warmup_steps) for t in losses}
-
-    def losses_of(loss_fn) -> dict:
-        return {t: float(loss_fn(t)) for t in losses}
-
-    shapes = [
-        (lambda t: -(wanted[t] * rec - kl).mean(),
-         "The weight multiplies the reconstruction term instead of the KL: the loss "
-         "is -(reconstruction - w_t * KL); β prices the nats of the code, not the "
-         "pixels."),
-        (lambda t: -(beta * rec - kl).mean(),
-         "β multiplies the reconstruction term instead of the KL: the loss is "
-         "-(reconstruction - w_t * KL); β prices the nats of the code."),
-        (lambda t: -(rec + wanted[t] * kl).mean(),
-         "Flipped KL sign: the loss is -(reconstruction - w_t * KL) = "
-         "-reconstruction + w_t * KL."),
-        (lambda t: -(rec - wanted[t] * kl).sum(),
-         f"The loss is {len(rec)}x too large: it sums over the batch; average it."),
-    ]
-    for loss_fn, hint in shapes:
-        if _all_near(losses, losses_of(loss_fn)):
-            return hint
-    # Otherwise read the weight the loss used, as if it were -(rec - w * KL).
-    used = {t: (losses[t] + float(rec.mean())) / float(kl.mean()) for t in losses}
+    weights = _weights_read(tensors, reconstruction, kl)
+    if weights is None:
+        table = ", ".join(f"{t}: {losses[t]:.4f}" for t in losses)
+        return (f"its loss at each step: {table}; compare it with the batch mean of "
+                "-(reconstruction - w_t * KL).")
+    on_rec = {t: a for t, (a, _) in weights.items()}
+    used = {t: w for t, (_, w) in weights.items()}
+    batch = len(reconstruction)
+    if _all_near(on_rec, {t: batch for t in losses}):
+        return f"The loss is {batch}x too large: it sums over the batch; average it."
+    if not _all_near(on_rec, {t: 1.0 for t in losses}):
+        table = ", ".join(f"{t}: {on_rec[t]:.4g}" for t in losses)
+        return ("The reconstruction term is multiplied by a weight (by step: "
+                f"{table}). The weight belongs on the KL: -(reconstruction - w_t * "
+                "KL); β prices the nats of the code, not the pixels.")
+    if _all_near(used, {t: -w for t, w in wanted.items()}):
+        return ("Flipped KL sign: the loss is -(reconstruction - w_t * KL) = "
+                "-reconstruction + w_t * KL.")
     last = max(losses)
     patterns = [
         ({t: beta for t in losses},
@@ -812,12 +828,13 @@ def beta_vae_loss(fn: Callable, beta: float = 4.0, warmup_steps: int = 100) -> b
     reconstruction, kl = _fixed_terms()
     steps = sorted({1, warmup_steps // 4, warmup_steps // 2, warmup_steps - 1,
                     warmup_steps, warmup_steps + 1, 3 * warmup_steps})
-    losses, reported = {}, {}
+    losses, reported, tensors = {}, {}, {}
     for step in steps:
         pair = _loss_pair(report, fn, reconstruction, kl, step, beta, warmup_steps)
         if pair is None:
             return report.finish()
-        losses[step], reported[step], loss = pair
+        losses[step], reported[step], tensors[step] = pair
+    loss = tensors[steps[-1]]
     report.ok("returns two scalar tensors, (loss, negative_elbo)")
     if loss.requires_grad:
         report.ok("the loss carries gradients back to the terms")
@@ -830,7 +847,7 @@ def beta_vae_loss(fn: Callable, beta: float = 4.0, warmup_steps: int = 100) -> b
     if _all_near(losses, wanted):
         report.ok(what)
     else:
-        report.fail(what, _schedule_hint(losses, reconstruction, kl, beta,
+        report.fail(what, _schedule_hint(tensors, losses, reconstruction, kl, beta,
                                          warmup_steps))
     _check_without_warmup(report, fn, reconstruction, kl, beta)
     _check_reported(report, reported, losses, reconstruction, kl, beta)
