@@ -511,19 +511,24 @@ def _loss_value(report, fn, model, images, what):
     result = _call(report, fn, model, images, what=what)
     if isinstance(result, tuple | list) and result:
         result = result[0]  # (loss, terms), like vc.elbo.negative_elbo
-    if isinstance(result, _Crashed):
-        return None
-    if not isinstance(result, torch.Tensor):
-        report.fail("returns the loss as a tensor",
-                    f"it returned {type(result).__name__}; return a scalar tensor "
-                    "(no .item()) so that loss.backward() works.")
-        return None
-    if result.dim() != 0:
-        report.fail("returns one number for the batch",
-                    f"it returned shape {tuple(result.shape)}; average the per-image "
-                    "negative ELBO over the batch with .mean().")
+    if isinstance(result, _Crashed) or not _is_scalar_tensor(report, result, "loss"):
         return None
     return result
+
+
+def _is_scalar_tensor(report: _Report, value, name: str) -> bool:
+    """True for a 0-dim tensor; otherwise reports why ``value`` is no batch ``name``."""
+    if not isinstance(value, torch.Tensor):
+        report.fail(f"returns the {name} as a tensor",
+                    f"it returned {type(value).__name__} as its {name}; return a "
+                    "scalar tensor (no .item()) so that loss.backward() works.")
+        return False
+    if value.dim() != 0:
+        report.fail(f"returns one {name} for the batch",
+                    f"it returned shape {tuple(value.shape)} as its {name}; average "
+                    "the per-image values over the batch with .mean().")
+        return False
+    return True
 
 
 def _loss_hint(mean, tolerance, terms, latent_dim, batch) -> str:
@@ -665,17 +670,9 @@ def _loss_pair(report: _Report, fn, reconstruction, kl, step, beta, warmup_steps
                     f"it returned {type(result).__name__}; return two numbers: the "
                     "loss to train on and the -ELBO to report.")
         return None
-    for name, value in zip(("loss", "negative_elbo"), result, strict=True):
-        if not isinstance(value, torch.Tensor):
-            report.fail("returns (loss, negative_elbo) as tensors",
-                        f"its {name} is a {type(value).__name__}; return a scalar "
-                        "tensor (no .item()), so that loss.backward() works.")
-            return None
-        if value.dim() != 0:
-            report.fail("returns one loss and one -ELBO for the batch",
-                        f"its {name} has shape {tuple(value.shape)}; average the "
-                        "per-image values over the batch with .mean().")
-            return None
+    if not all(_is_scalar_tensor(report, value, name) for name, value
+               in zip(("loss", "negative_elbo"), result, strict=True)):
+        return None
     return float(result[0].detach()), float(result[1].detach()), result[0]
 
 
