@@ -12,6 +12,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 from torch.distributions import (
     Bernoulli,
     Categorical,
@@ -971,3 +972,164 @@ def test_quadrature_without_the_prior(capsys):
 
     assert_fails_with(check.quadrature_log_likelihood(no_prior), capsys,
                       "log p(z) is missing")
+# ------------------------------------------------------- beta-VAE loss, warm-up
+
+
+def weighted_loss(weight_of):
+    """A learner's (loss, negative_elbo) whose KL weight is weight_of(step, beta, T)."""
+    def loss(reconstruction, kl, step, beta, warmup_steps):
+        weight = weight_of(step, beta, warmup_steps)
+        return (-(reconstruction - weight * kl).mean(),
+                -(reconstruction - kl).mean())
+    return loss
+
+
+def beta_loss_right(reconstruction, kl, step, beta, warmup_steps):
+    weight = beta * min(1.0, step / warmup_steps) if warmup_steps else beta
+    return -(reconstruction - weight * kl).mean(), -(reconstruction - kl).mean()
+
+
+def test_beta_vae_loss_right_answers_pass(capsys):
+    assert_passes(check.beta_vae_loss(beta_loss_right), capsys)
+    assert_passes(check.beta_vae_loss(weighted_loss(vc.train.warmup_weight)), capsys)
+    assert_passes(check.beta_vae_loss(beta_loss_right, beta=0.5, warmup_steps=600),
+                  capsys)
+
+
+def test_beta_vae_loss_with_beta_on_the_reconstruction(capsys):
+    def on_reconstruction(reconstruction, kl, step, beta, warmup_steps):
+        weight = vc.train.warmup_weight(step, beta, warmup_steps)
+        return -(weight * reconstruction - kl).mean(), -(reconstruction - kl).mean()
+
+    assert_fails_with(check.beta_vae_loss(on_reconstruction), capsys,
+                      "reconstruction term is multiplied by a weight",
+                      "The weight belongs on the KL")
+
+
+def test_beta_vae_loss_with_a_flipped_kl_or_summed_over_the_batch(capsys):
+    assert_fails_with(check.beta_vae_loss(
+        lambda r, kl, t, b, T: beta_loss_right(r, -kl, t, b, T)), capsys,
+        "Flipped KL sign")
+    assert_fails_with(check.beta_vae_loss(
+        lambda r, kl, t, b, T: tuple(5 * v for v in beta_loss_right(r, kl, t, b, T))),
+        capsys, "5x too large")
+
+
+@pytest.mark.parametrize(("weight_of", "phrase"), [
+    (lambda t, beta, T: beta * min(1.0, (t - 1) / T), "never reaches β by step T"),
+    (lambda t, beta, T: min(1.0, t / T) if T else beta, "rises to 1, not to β"),
+    (lambda t, beta, T: 0.9 * beta * min(1.0, t / T) if T else beta,
+     "The warm-up never reaches β"),
+    (lambda t, beta, T: beta * t / T if T else beta, "keeps growing after step T"),
+    (lambda t, beta, T: beta * min(1, t // T) if T else beta, "Integer division"),
+    (lambda t, beta, T: beta, "No warm-up"),
+], ids=["one step late", "without beta", "short of beta", "no cap",
+        "integer division", "no warm-up"])
+def test_beta_vae_loss_with_a_wrong_warm_up(weight_of, phrase, capsys):
+    assert_fails_with(check.beta_vae_loss(weighted_loss(weight_of)), capsys, phrase)
+
+
+def test_beta_vae_loss_dividing_by_zero_warm_up_steps(capsys):
+    out = assert_fails_with(
+        check.beta_vae_loss(weighted_loss(lambda t, beta, T: beta * min(1.0, t / T))),
+        capsys, "divided by warmup_steps = 0")
+    assert "✓ trains on" in out  # with a warm-up it is right
+
+
+def test_beta_vae_loss_reporting_the_weighted_loss_as_the_elbo(capsys):
+    def reports_the_loss(reconstruction, kl, step, beta, warmup_steps):
+        loss, _ = beta_loss_right(reconstruction, kl, step, beta, warmup_steps)
+        return loss, loss
+
+    out = assert_fails_with(check.beta_vae_loss(reports_the_loss), capsys,
+                            "reports the β-weighted loss")
+    assert "✓ trains on" in out
+
+
+def test_beta_vae_loss_returning_the_wrong_kind_of_thing(capsys):
+    assert_fails_with(check.beta_vae_loss(lambda *args: beta_loss_right(*args)[0]),
+                      capsys, "return two numbers")
+    assert_fails_with(
+        check.beta_vae_loss(lambda *args: tuple(v.item()
+                                                for v in beta_loss_right(*args))),
+        capsys, "(no .item())")
+
+
+def test_beta_vae_loss_checker_misuse_raises():
+    with pytest.raises(ValueError, match="other than 1"):
+        check.beta_vae_loss(beta_loss_right, beta=1.0)
+    with pytest.raises(ValueError, match="warmup_steps"):
+        check.beta_vae_loss(beta_loss_right, warmup_steps=0)
+
+
+# ------------------------------------------------- convolutional encoder, decoder
+
+
+def kernel3_encoder(unflatten=True, linear_inputs=64 * 7 * 7, outputs=64):
+    layers = [nn.Unflatten(1, (1, 28, 28))] if unflatten else []
+    return nn.Sequential(
+        *layers, nn.Conv2d(1, 32, 3, stride=2, padding=1), nn.ReLU(),
+        nn.Conv2d(32, 64, 3, stride=2, padding=1), nn.ReLU(),
+        nn.Flatten(), nn.Linear(linear_inputs, outputs))
+
+
+def kernel3_decoder(output_padding=1, flatten=True):
+    layers = [nn.Flatten()] if flatten else []
+    return nn.Sequential(
+        nn.Linear(32, 64 * 7 * 7), nn.ReLU(), nn.Unflatten(1, (64, 7, 7)),
+        nn.ConvTranspose2d(64, 32, 3, stride=2, padding=1,
+                           output_padding=output_padding), nn.ReLU(),
+        nn.ConvTranspose2d(32, 1, 3, stride=2, padding=1,
+                           output_padding=output_padding), *layers)
+
+
+def test_conv_vae_right_answers_pass(capsys):
+    course = vc.models.build_vae("conv", latent_dim=32)
+    out = assert_passes(check.conv_vae(course.encoder, course.decoder), capsys)
+    assert "(3) Conv2d           -> (4, 64, 7, 7)" in out  # shapes, layer by layer
+    assert_passes(check.conv_vae(kernel3_encoder(), kernel3_decoder()), capsys)
+    small = vc.models.build_vae("conv", latent_dim=2)
+    assert_passes(check.conv_vae(small.encoder, small.decoder, latent_dim=2), capsys)
+
+
+def test_conv_vae_transposed_convolution_one_pixel_short(capsys):
+    out = assert_fails_with(
+        check.conv_vae(kernel3_encoder(), kernel3_decoder(output_padding=0)), capsys,
+        "ends at 25x25 pixels", "Layer (3) ConvTranspose2d turns 7 pixels into 13",
+        "output_padding=1 adds the missing pixel")
+    assert "✓ the encoder returns" in out
+    assert "trains inside" not in out  # no training check on broken shapes
+
+
+def test_conv_vae_where_the_shapes_break(capsys):
+    assert_fails_with(check.conv_vae(kernel3_encoder(unflatten=False),
+                                     kernel3_decoder()), capsys,
+                      "encoder layer (0) Conv2d", "unflatten first")
+    assert_fails_with(check.conv_vae(kernel3_encoder(linear_inputs=64 * 8 * 8),
+                                     kernel3_decoder()), capsys,
+                      "encoder layer (6) Linear", "set in_features to 3136")
+    assert_fails_with(check.conv_vae(kernel3_encoder(outputs=32), kernel3_decoder()),
+                      capsys, "one number per latent unit", "2 * latent_dim = 64")
+    assert_fails_with(check.conv_vae(kernel3_encoder(), kernel3_decoder(flatten=False)),
+                      capsys, "end with nn.Flatten()")
+
+
+def test_conv_vae_with_a_layer_off_the_path(capsys):
+    class Encoder(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.network = kernel3_encoder()
+            self.unused = nn.Linear(3, 3)
+
+        def forward(self, x):
+            return self.network(x)
+
+    assert_fails_with(check.conv_vae(Encoder(), kernel3_decoder()), capsys,
+                      "no gradient reaches ['encoder.unused.weight'")
+
+
+def test_conv_vae_checker_misuse_raises():
+    with pytest.raises(TypeError, match="nn.Module"):
+        check.conv_vae(lambda x: x, kernel3_decoder())
+    with pytest.raises(ValueError, match="latent_dim"):
+        check.conv_vae(kernel3_encoder(), kernel3_decoder(), latent_dim=0)

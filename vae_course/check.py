@@ -30,6 +30,11 @@ checker                            the function it expects
                                    bound
 :func:`quadrature_log_likelihood`  ``fn(model, x, axis) -> log p(x)`` of one image
                                    of a model with two latent units
+:func:`beta_vae_loss`              ``fn(reconstruction, kl, step, beta,
+                                   warmup_steps) -> (loss, negative_elbo)``
+:func:`conv_vae`                   an ``encoder`` and a ``decoder`` (not a
+                                   function): their shapes, layer by layer, for
+                                   28x28 images
 =================================  ================================================
 
 Here ``log_var`` is :math:`\log\sigma^2`, one per latent unit, and ``x`` a batch of
@@ -43,6 +48,7 @@ from collections.abc import Callable
 from contextlib import contextmanager
 
 import torch
+from torch import nn
 from torch.distributions import (
     Bernoulli,
     Categorical,
@@ -54,14 +60,17 @@ from torch.distributions import (
 from .distributions import NUM_LEVELS
 from .elbo import LOG_2PI, elbo_terms, log_importance_weights
 from .elbo import kl_standard_normal as kl_of_posterior
+from .elbo import negative_elbo as reference_negative_elbo
 from .evaluate import bits_per_dim as nats_to_bits_per_dim
 from .gaps import codes_of, log_joint
-from .models import IMAGE_SIZE, build_vae, is_conditional
+from .models import IMAGE_SIZE, VAE, build_vae, is_conditional
+from .train import warmup_weight
 
-__all__ = ["LinearGaussianVAE", "bits_per_dim", "conditional_negative_elbo",
-           "iwae_bound", "kl_standard_normal", "log_likelihood_estimate", "log_prob",
-           "mixture_prior_log_prob", "monte_carlo_kl", "negative_elbo",
-           "quadrature_log_likelihood", "reparameterize"]
+__all__ = ["LinearGaussianVAE", "beta_vae_loss", "bits_per_dim",
+           "conditional_negative_elbo", "conv_vae", "iwae_bound", "kl_standard_normal",
+           "log_likelihood_estimate", "log_prob", "mixture_prior_log_prob",
+           "monte_carlo_kl", "negative_elbo", "quadrature_log_likelihood",
+           "reparameterize"]
 
 PASS, FAIL = "✓", "✗"
 # Hints shared by several checkers.
@@ -90,6 +99,10 @@ class _Report:
         print(f"  {FAIL} {what}")
         for line in hint.splitlines():
             print(f"      {line}")
+
+    def note(self, text: str) -> None:
+        """A line of information (a shape, a value), neither passed nor failed."""
+        print(f"      {text}")
 
     def finish(self) -> bool:
         if self.failures:
@@ -551,9 +564,13 @@ def _default_model_and_images(num_classes: int | None = None):
         last.bias[:4] = 3.0 * torch.randn(4, generator=generator)
         last.bias[4:] = torch.empty(4).uniform_(-2.0, -1.0, generator=generator)
         model.decoder[0].weight.mul_(2.0)  # so that the draw of z matters
-    probabilities = torch.rand(8, IMAGE_SIZE, generator=generator) * 0.6
-    images = torch.bernoulli(probabilities, generator=generator)  # (8, 784), binary
-    return model, images
+    return model, _binary_images(8, generator)
+
+
+def _binary_images(num_images: int, generator: torch.Generator) -> torch.Tensor:
+    """Seeded binary images, (num_images, 784), about a third of the pixels on."""
+    probabilities = torch.rand(num_images, IMAGE_SIZE, generator=generator) * 0.6
+    return torch.bernoulli(probabilities, generator=generator)
 
 
 def _loss_value(report, fn, model, images, what):
@@ -561,19 +578,24 @@ def _loss_value(report, fn, model, images, what):
     result = _call(report, fn, model, images, what=what)
     if isinstance(result, tuple | list) and result:
         result = result[0]  # (loss, terms), like vc.elbo.negative_elbo
-    if isinstance(result, _Crashed):
-        return None
-    if not isinstance(result, torch.Tensor):
-        report.fail("returns the loss as a tensor",
-                    f"it returned {type(result).__name__}; return a scalar tensor "
-                    "(no .item()) so that loss.backward() works.")
-        return None
-    if result.dim() != 0:
-        report.fail("returns one number for the batch",
-                    f"it returned shape {tuple(result.shape)}; average the per-image "
-                    "negative ELBO over the batch with .mean().")
+    if isinstance(result, _Crashed) or not _is_scalar_tensor(report, result, "loss"):
         return None
     return result
+
+
+def _is_scalar_tensor(report: _Report, value, name: str) -> bool:
+    """True for a 0-dim tensor; otherwise reports why ``value`` is no batch ``name``."""
+    if not isinstance(value, torch.Tensor):
+        report.fail(f"returns the {name} as a tensor",
+                    f"it returned {type(value).__name__} as its {name}; return a "
+                    "scalar tensor (no .item()) so that loss.backward() works.")
+        return False
+    if value.dim() != 0:
+        report.fail(f"returns one {name} for the batch",
+                    f"it returned shape {tuple(value.shape)} as its {name}; average "
+                    "the per-image values over the batch with .mean().")
+        return False
+    return True
 
 
 def _loss_hint(mean, tolerance, terms, posterior, batch) -> str:
@@ -1641,4 +1663,383 @@ def quadrature_log_likelihood(fn: Callable) -> bool:
         else:
             report.fail(what, _quadrature_hint(float(result), joint, step, len(axis),
                                                log_prior, far_out, (peak_z1, peak_z2)))
+# ------------------------------------------------------ beta-VAE loss and warm-up
+
+
+def _near(value: float, target: float) -> bool:
+    return abs(value - target) <= 1e-6 * max(1.0, abs(target))
+
+
+def _all_near(values: dict, targets: dict) -> bool:
+    return all(_near(values[key], targets[key]) for key in values)
+
+
+def _fixed_terms():
+    """Per-image reconstruction terms and KLs of a batch of five, in nats."""
+    reconstruction = torch.tensor([-95.0, -120.5, -80.25, -101.0, -143.0],
+                                  dtype=torch.float64, requires_grad=True)
+    kl = torch.tensor([12.0, 25.5, 8.25, 19.0, 30.0], dtype=torch.float64,
+                      requires_grad=True)
+    return reconstruction, kl
+
+
+def _loss_pair(report: _Report, fn, reconstruction, kl, step, beta, warmup_steps):
+    """``(loss, negative_elbo)`` as two floats and the loss tensor, or None."""
+    result = _call(report, fn, reconstruction, kl, step, beta, warmup_steps)
+    if isinstance(result, _Crashed):
+        return None
+    if not (isinstance(result, tuple | list) and len(result) == 2):
+        report.fail("returns (loss, negative_elbo)",
+                    f"it returned {type(result).__name__}; return two numbers: the "
+                    "loss to train on and the -ELBO to report.")
+        return None
+    if not all(_is_scalar_tensor(report, value, name) for name, value
+               in zip(("loss", "negative_elbo"), result, strict=True)):
+        return None
+    return float(result[0].detach()), float(result[1].detach()), result[0]
+
+
+def _weights_read(tensors: dict, reconstruction, kl) -> dict | None:
+    """The weights each step's loss puts on the reconstruction and on the KL.
+
+    Read from the gradient: for -(a * reconstruction - w * KL).mean() over a batch
+    of B, the derivative is -a / B for each reconstruction term and w / B for each
+    KL. None when a loss has no gradient or weighs the images unequally.
+    """
+    batch, weights = len(reconstruction), {}
+    for step, loss in tensors.items():
+        if not loss.requires_grad:
+            return None
+        grads = torch.autograd.grad(loss, [reconstruction, kl], allow_unused=True)
+        on_rec, on_kl = [torch.zeros(batch, dtype=torch.float64) if grad is None
+                         else grad.detach() * batch for grad in grads]
+        if not (_close(on_rec, on_rec[:1].expand(batch))
+                and _close(on_kl, on_kl[:1].expand(batch))):
+            return None
+        weights[step] = (-float(on_rec[0]), float(on_kl[0]))
+    return weights
+
+
+def _schedule_hint(tensors: dict, losses: dict, reconstruction, kl, beta,
+                   warmup_steps) -> str:
+    """What the learner's weighting or warm-up schedule most likely got wrong."""
+    wanted = {t: warmup_weight(t, beta, warmup_steps) for t in losses}
+    weights = _weights_read(tensors, reconstruction, kl)
+    if weights is None:
+        table = ", ".join(f"{t}: {losses[t]:.4f}" for t in losses)
+        return (f"its loss at each step: {table}; compare it with the batch mean of "
+                "-(reconstruction - w_t * KL).")
+    on_rec = {t: a for t, (a, _) in weights.items()}
+    used = {t: w for t, (_, w) in weights.items()}
+    batch = len(reconstruction)
+    if _all_near(on_rec, {t: batch for t in losses}):
+        return f"The loss is {batch}x too large: it sums over the batch; average it."
+    if not _all_near(on_rec, {t: 1.0 for t in losses}):
+        table = ", ".join(f"{t}: {on_rec[t]:.4g}" for t in losses)
+        return ("The reconstruction term is multiplied by a weight (by step: "
+                f"{table}). The weight belongs on the KL: -(reconstruction - w_t * "
+                "KL); β prices the nats of the code, not the pixels.")
+    if _all_near(used, {t: -w for t, w in wanted.items()}):
+        return ("Flipped KL sign: the loss is -(reconstruction - w_t * KL) = "
+                "-reconstruction + w_t * KL.")
+    last = max(losses)
+    patterns = [
+        ({t: beta for t in losses},
+         f"No warm-up: the weight is β = {beta:g} from step 1. It should rise "
+         "linearly, w_t = β min(1, t / T), from β / T at step 1 to β at step T."),
+        ({t: 1.0 for t in losses},
+         "The weight is 1 at every step: neither β nor the warm-up is applied."),
+        ({t: min(1.0, t / warmup_steps) for t in losses},
+         "The warm-up never reaches β: the weight rises to 1, not to β. Multiply "
+         "min(1, t / T) by β."),
+        ({t: beta * t / warmup_steps for t in losses},
+         f"The weight keeps growing after step T (at step {last} it is "
+         f"{used[last]:g}, not β = {beta:g}): cap it, w_t = β min(1, t / T)."),
+        ({t: beta * min(1.0, (t - 1) / warmup_steps) for t in losses},
+         "The warm-up is one step late and never reaches β by step T: it is 0 at "
+         "step 1 and β only at step T + 1. Steps count from 1, so w_1 = β / T and "
+         "w_T = β."),
+        ({t: beta * min(1, t // warmup_steps) for t in losses},
+         "Integer division: t // T is 0 until step T, so the weight jumps from 0 to "
+         "β instead of rising. Use t / T."),
+    ]
+    for weights, hint in patterns:
+        if _all_near(used, weights):
+            return hint
+    table = ", ".join(f"{t}: {used[t]:.4g} (want {wanted[t]:.4g})" for t in losses)
+    hint = f"the weight your loss used at each step: {table}."
+    if all(used[t] < beta - 1e-6 for t in losses if t >= warmup_steps):
+        hint = ("The warm-up never reaches β: from step T on the weight must be β. "
+                + hint)
+    return hint
+
+
+def _check_without_warmup(report: _Report, fn, reconstruction, kl, beta) -> None:
+    what = "with warmup_steps = 0 trains on -(reconstruction - β KL) from step 1"
+    expected = float(-(reconstruction - beta * kl).mean().detach())
+    try:
+        losses = [float(fn(reconstruction, kl, step, beta, 0)[0].detach())
+                  for step in (1, 50)]
+    except ZeroDivisionError:
+        report.fail(what, "it divided by warmup_steps = 0. No warm-up means the weight "
+                    "is β from the first step: `... if warmup_steps else beta`, as "
+                    "vc.train.fit does.")
+        return
+    except Exception as error:  # a learner's bug, reported rather than raised
+        report.fail(what, f"it raised {type(error).__name__}: {error}")
+        return
+    if all(_near(loss, expected) for loss in losses):
+        report.ok(what)
+    else:
+        report.fail(what, f"expected {expected:.4f} at steps 1 and 50, got "
+                    f"{[round(loss, 4) for loss in losses]}.")
+
+
+def _check_reported(report: _Report, reported: dict, losses: dict, reconstruction,
+                    kl, beta) -> None:
+    rec, kl = reconstruction.detach(), kl.detach()
+    true = float(-(rec - kl).mean())
+    what = "reports the true -ELBO, -(reconstruction - KL), whatever the weight"
+    if all(_near(value, true) for value in reported.values()):
+        report.ok(f"{what} ({true:.2f} nats per image here)")
+        return
+    objective = float(-(rec - beta * kl).mean())
+    if _all_near(reported, losses):
+        hint = ("It reports the β-weighted loss, which moves with the weight: two "
+                "models trained with other β or warm-ups cannot be compared on it. "
+                "Report -(reconstruction - KL), the -ELBO (β = 1), and train on the "
+                "weighted loss.")
+    elif all(_near(value, objective) for value in reported.values()):
+        hint = ("It reports the β-objective -(reconstruction - β KL); the number to "
+                "report is the -ELBO, with weight 1.")
+    elif all(_near(value, -true) for value in reported.values()):
+        hint = "That is the ELBO itself; report its negative, the -ELBO in nats."
+    elif all(_near(value, true * len(rec)) for value in reported.values()):
+        hint = f"It is {len(rec)}x too large: average over the batch, do not sum."
+    else:
+        got = sorted({round(value, 4) for value in reported.values()})
+        hint = f"expected {true:.4f} at every step, got {got}."
+    report.fail(what, hint)
+
+
+def beta_vae_loss(fn: Callable, beta: float = 4.0, warmup_steps: int = 100) -> bool:
+    r"""Check a learner's β-VAE loss with a linear KL warm-up.
+
+    ``fn(reconstruction, kl, step, beta, warmup_steps)`` receives the per-image
+    reconstruction terms :math:`E_q[\log p(x|z)]` and KLs, both (batch,), and the
+    optimizer step ``step`` (1, 2, ...). It returns ``(loss, negative_elbo)``: the
+    batch mean of :math:`-(\text{reconstruction} - w_t\,\mathrm{KL})` with
+    :math:`w_t = \beta \min(1, t / T)`, ``T = warmup_steps`` (and :math:`w_t = \beta`
+    when ``warmup_steps`` is 0), to train on; and the batch mean of the true
+    -ELBO, :math:`-(\text{reconstruction} - \mathrm{KL})`, to report. Returns True
+    when all passed.
+    """
+    _require_callable(fn)
+    beta = float(beta)
+    if not (math.isfinite(beta) and beta > 0 and beta != 1):
+        raise ValueError(f"beta must be a positive number other than 1 (so that the "
+                         f"checker can tell it from no weight); got {beta!r}")
+    if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, int) \
+            or warmup_steps < 4:
+        raise ValueError(f"warmup_steps must be an integer of at least 4; "
+                         f"got {warmup_steps!r}")
+    report = _Report(f"Checking the β-VAE loss, called as fn(reconstruction, kl, step, "
+                     f"beta={beta:g}, warmup_steps={warmup_steps}):")
+    reconstruction, kl = _fixed_terms()
+    steps = sorted({1, warmup_steps // 4, warmup_steps // 2, warmup_steps - 1,
+                    warmup_steps, warmup_steps + 1, 3 * warmup_steps})
+    losses, reported, tensors = {}, {}, {}
+    for step in steps:
+        pair = _loss_pair(report, fn, reconstruction, kl, step, beta, warmup_steps)
+        if pair is None:
+            return report.finish()
+        losses[step], reported[step], tensors[step] = pair
+    loss = tensors[steps[-1]]
+    report.ok("returns two scalar tensors, (loss, negative_elbo)")
+    if loss.requires_grad:
+        report.ok("the loss carries gradients back to the terms")
+    else:
+        report.fail("the loss carries gradients back to the terms",
+                    "the loss has no grad_fn: no .item(), .detach() or torch.no_grad().")
+    wanted = {t: float(-(reconstruction - warmup_weight(t, beta, warmup_steps)
+                          * kl).mean().detach()) for t in steps}
+    what = f"trains on -(reconstruction - w_t KL), w_t = β min(1, t/T), at steps {steps}"
+    if _all_near(losses, wanted):
+        report.ok(what)
+    else:
+        report.fail(what, _schedule_hint(tensors, losses, reconstruction, kl, beta,
+                                         warmup_steps))
+    _check_without_warmup(report, fn, reconstruction, kl, beta)
+    _check_reported(report, reported, losses, reconstruction, kl, beta)
+    return report.finish()
+
+
+# ------------------------------------------------- convolutional encoder, decoder
+
+_CONV = (nn.Conv2d, nn.ConvTranspose2d)
+
+
+def _layer_hint(layer: nn.Module, x: torch.Tensor, error: Exception) -> str:
+    """Why ``layer`` refused an input of the shape of ``x``."""
+    shape = tuple(x.shape)
+    if isinstance(layer, _CONV) and x.dim() == 2:
+        return (f"a convolution needs (batch, channels, height, width), but it "
+                f"received {shape}: unflatten first, nn.Unflatten(1, (1, 28, 28)) for "
+                "the images, or to (channels, height, width) after a Linear layer.")
+    if isinstance(layer, _CONV) and x.dim() == 4 and x.shape[1] != layer.in_channels:
+        return (f"it expects {layer.in_channels} input channels and receives "
+                f"{x.shape[1]}: set in_channels to {x.shape[1]}, the out_channels of "
+                "the layer before.")
+    if isinstance(layer, nn.Linear) and x.shape[-1] != layer.in_features:
+        if x.dim() > 2:
+            return (f"it receives {shape}, not yet flat: put nn.Flatten() before it.")
+        return (f"it expects {layer.in_features} inputs per image and receives "
+                f"{x.shape[-1]}: set in_features to {x.shape[-1]} (channels x height "
+                "x width of the layer before), or fix the sizes above.")
+    lines = str(error).strip().splitlines()
+    return f"it raised {type(error).__name__}: {lines[0] if lines else ''}"
+
+
+def _trace(report: _Report, name: str, network: nn.Module, x: torch.Tensor):
+    """Run ``x`` through ``network`` a layer at a time, noting each output shape.
+
+    Returns the output and the steps ``(index, layer, input, output)``, or
+    ``(None, steps)`` after reporting the layer that failed.
+    """
+    layers = list(network) if isinstance(network, nn.Sequential) else [network]
+    report.note(f"{name}: input {tuple(x.shape)}")
+    steps = []
+    for index, layer in enumerate(layers):
+        try:
+            y = layer(x)
+        except Exception as error:  # a learner's bug, reported rather than raised
+            report.fail(f"{name} layer ({index}) {type(layer).__name__} accepts the "
+                        f"shape {tuple(x.shape)} it receives",
+                        _layer_hint(layer, x, error))
+            return None, steps
+        report.note(f"  ({index}) {type(layer).__name__:<16s} -> {tuple(y.shape)}")
+        steps.append((index, layer, x, y))
+        x = y
+    return x, steps
+
+
+def _encoder_hint(codes: torch.Tensor, latent_dim: int) -> str:
+    if codes.dim() == 2 and codes.shape[1] == latent_dim:
+        return ("it returns one number per latent unit; q(z|x) needs a mean and a "
+                f"log-scale for each, so the last Linear needs 2 * latent_dim = "
+                f"{2 * latent_dim} outputs.")
+    if codes.dim() > 2:
+        return ("its output is still a stack of feature maps: end with nn.Flatten() "
+                f"and a Linear layer to 2 * latent_dim = {2 * latent_dim}.")
+    return (f"it returns {tuple(codes.shape)}; the last Linear needs out_features = "
+            f"2 * latent_dim = {2 * latent_dim}.")
+
+
+def _decoder_hint(logits: torch.Tensor, steps) -> str:
+    if logits.dim() == 4 and tuple(logits.shape[1:]) == (1, 28, 28):
+        return ("it returns images (batch, 1, 28, 28); end with nn.Flatten() so that "
+                "the logits are (batch, 784), one per pixel, as p(x|z) expects.")
+    images = [y for *_, y in steps if y.dim() == 4]  # the last feature maps
+    if images and tuple(images[-1].shape[-2:]) != (28, 28):
+        return _where_the_size_breaks(images[-1], steps)
+    if logits.dim() == 4:
+        return (f"it returns {logits.shape[1]} channels; the last layer needs one "
+                "output channel, one logit per pixel.")
+    return (f"it returns {tuple(logits.shape)}; the decoder needs one logit per pixel, "
+            "(batch, 784).")
+
+
+def _where_the_size_breaks(images: torch.Tensor, steps) -> str:
+    """The first transposed convolution that does not multiply the size by its stride."""
+    height, width = images.shape[-2:]
+    hint = f"it ends at {height}x{width} pixels, not 28x28."
+    for index, layer, x, y in steps:
+        if not isinstance(layer, nn.ConvTranspose2d) or layer.stride[0] == 1:
+            continue
+        n, m = x.shape[-1], y.shape[-1]
+        (k,), (s,), (p,), (a,) = (layer.kernel_size[:1], layer.stride[:1],
+                                  layer.padding[:1], layer.output_padding[:1])
+        if m == n * s:
+            continue
+        hint += (f" Layer ({index}) ConvTranspose2d turns {n} pixels into {m}, not "
+                 f"{n} x {s} = {n * s}: (n - 1) s - 2p + k + output_padding = "
+                 f"({n} - 1)*{s} - 2*{p} + {k} + {a} = {m}.")
+        if m == n * s - 1:
+            hint += " output_padding=1 adds the missing pixel."
+        elif m == n * s + 1:
+            hint += " One pixel too many: padding one larger (and output_padding=1) " \
+                    "fixes it."
+        return hint
+    return hint + (" Work the sizes above out with (n - 1) s - 2p + k + output_padding"
+                   " for each transposed convolution.")
+
+
+def _check_trains(report: _Report, model: VAE, images: torch.Tensor) -> None:
+    what = ("trains inside vc.models.VAE: a finite -ELBO whose gradient reaches "
+            "every parameter")
+    named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            loss, _ = reference_negative_elbo(model, images)
+        gradients = torch.autograd.grad(loss, [p for _, p in named], allow_unused=True)
+    except Exception as error:  # a learner's bug, reported rather than raised
+        report.fail(what, f"it raised {type(error).__name__}: {error}")
+        return
+    if not bool(torch.isfinite(loss)):
+        report.fail(what, f"the -ELBO is {float(loss)}.")
+        return
+    missing = [name for (name, _), grad in zip(named, gradients, strict=True)
+               if grad is None]
+    if missing:
+        report.fail(what, f"no gradient reaches {missing[:4]}: those layers are not "
+                    "on the path from the image to the loss.")
+        return
+    report.ok(f"{what} ({sum(p.numel() for _, p in named):,d} parameters)")
+
+
+def conv_vae(encoder: nn.Module, decoder: nn.Module, latent_dim: int = 32) -> bool:
+    """Check that an encoder and a decoder fit 28x28 images and a latent code.
+
+    ``encoder`` maps flattened images (batch, 784) to (batch, 2 * latent_dim), the
+    means and log-scales of q(z|x); ``decoder`` maps codes (batch, latent_dim) to
+    (batch, 784) logits. The layers of an ``nn.Sequential`` run one at a time and
+    the shape after each is printed, so a failure names the layer where the shapes
+    break. Then both go into :class:`vae_course.models.VAE`, and one -ELBO must be
+    finite with a gradient for every parameter. Returns True when all passed.
+    """
+    for name, module in (("encoder", encoder), ("decoder", decoder)):
+        if not isinstance(module, nn.Module):
+            raise TypeError(f"pass the {name} as an nn.Module (an nn.Sequential); "
+                            f"got {type(module).__name__}")
+    if isinstance(latent_dim, bool) or not isinstance(latent_dim, int) \
+            or latent_dim < 1:
+        raise ValueError(f"latent_dim must be a positive integer; got {latent_dim!r}")
+    report = _Report(f"Checking a convolutional encoder and decoder for 28x28 images "
+                     f"and latent_dim = {latent_dim}:")
+    batch = 4
+    generator = torch.Generator().manual_seed(0)
+    images = _binary_images(batch, generator)
+    codes = torch.randn(batch, latent_dim, generator=generator)
+    shapes_fit = True
+    with torch.no_grad():
+        encoded, _ = _trace(report, "encoder", encoder, images)
+        if encoded is not None:
+            wanted = (batch, 2 * latent_dim)
+            what = f"the encoder returns (batch, 2 * latent_dim) = {wanted}"
+            if tuple(encoded.shape) == wanted:
+                report.ok(what)
+            else:
+                report.fail(what, _encoder_hint(encoded, latent_dim))
+                shapes_fit = False
+        logits, steps = _trace(report, "decoder", decoder, codes)
+        if logits is not None:
+            what = f"the decoder returns (batch, 784) = {(batch, IMAGE_SIZE)} logits"
+            if tuple(logits.shape) == (batch, IMAGE_SIZE):
+                report.ok(what)
+            else:
+                report.fail(what, _decoder_hint(logits, steps))
+                shapes_fit = False
+    if shapes_fit and encoded is not None and logits is not None:
+        _check_trains(report, VAE(encoder, decoder, latent_dim), images)
     return report.finish()

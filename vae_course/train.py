@@ -141,6 +141,15 @@ def fixed_binarization(images: torch.Tensor, binarize: bool, seed: int = 0):
     return binarize_images(images.cpu(), torch.Generator().manual_seed(seed))
 
 
+def warmup_weight(step: int, beta: float, warmup_steps: int) -> float:
+    """The KL weight at optimizer step ``step`` (1, 2, ...) of a linear warm-up.
+
+    It rises from ``beta / warmup_steps`` at step 1 to ``beta`` at step
+    ``warmup_steps`` and stays there; ``warmup_steps = 0`` means no warm-up.
+    """
+    return beta * min(1.0, step / warmup_steps) if warmup_steps else beta
+
+
 def _train_epoch(model, optimizer, images, *, batch_size, binarize, beta, warmup_steps,
                  epoch, step_offset, bar, label_rows=None,
                  iwae_samples=1) -> dict[str, float]:
@@ -158,8 +167,7 @@ def _train_epoch(model, optimizer, images, *, batch_size, binarize, beta, warmup
         if binarize:
             # A fresh draw each time it is seen; fit checked the grey levels.
             batch = torch.bernoulli(batch)
-        global_step = step_offset + step
-        weight = beta * min(1.0, global_step / warmup_steps) if warmup_steps else beta
+        weight = warmup_weight(step_offset + step, beta, warmup_steps)
         if iwae_samples == 1:
             loss, terms = negative_elbo_of_checked_pixels(model, batch, beta=weight,
                                                           labels=labels)
