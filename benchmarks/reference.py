@@ -132,6 +132,7 @@ def train(name: str, reference: Reference, epochs: int, args, cli) -> Path:
 
 def evaluate(name: str, reference: Reference, args, cli) -> dict:
     chosen = args.models / f"{name}.pt"
+    args.output.mkdir(parents=True, exist_ok=True)
     result_file = args.output / f"{name}.evaluation.json"
     limit = ["--limit", str(args.test_images)] if args.test_images else []
     run([*cli, "evaluate", str(chosen), "--split", "test", "--k", str(args.k),
