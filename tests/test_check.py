@@ -445,8 +445,16 @@ def test_posterior_with_log_var_as_the_scale(capsys):
 
 
 def test_posterior_without_independent(capsys):
-    assert_fails_with(check.posterior(lambda mu, v: Normal(mu, (0.5 * v).exp())),
-                      capsys, "batch shape (3, 8)", "Independent(..., 1)")
+    out = assert_fails_with(
+        check.posterior(lambda mu, v: Normal(mu, (0.5 * v).exp())), capsys,
+        "batch shape (3, 8)", "Independent(..., 1)")
+    assert "✓ has standard deviation" in out  # the moments are still checked
+
+
+def test_posterior_with_two_slips_gets_both_diagnostics(capsys):
+    out = assert_fails_with(check.posterior(lambda mu, v: Normal(mu, v.exp())), capsys,
+                            "Independent(..., 1)", "the variance")
+    assert "2 of 5 checks failed" in out
 
 
 def test_posterior_with_swapped_arguments_or_no_gradient(capsys):
