@@ -589,23 +589,32 @@ def negative_elbo(fn: Callable, model=None, images: torch.Tensor | None = None,
     Returns True when all passed.
     """
     _require_callable(fn)
+    return _on_model(model, images, "Checking the negative ELBO, called as fn(model, x) "
+                     "on {} images:",
+                     lambda *args: _check_negative_elbo(fn, *args, num_calls))
+
+
+def _on_model(model, images, title: str, check: Callable) -> bool:
+    """``check(model, images, report)`` on the given or the default model and images.
+
+    Seeded, and leaving the global random state and the model's mode as they were.
+    """
     if (model is None) != (images is None):
         raise ValueError("pass both model and images, or neither")
     if model is None:
         model, images = _default_model_and_images()
     images = images.to(model.device)
-    report = _Report(f"Checking the negative ELBO, called as fn(model, x) on "
-                     f"{len(images)} images:")
+    report = _Report(title.format(len(images)))
     was_training = model.training
     try:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
-            return _check_negative_elbo(fn, model, images, num_calls, report)
+            return check(model, images, report)
     finally:
         model.train(was_training)
 
 
-def _check_negative_elbo(fn, model, images, num_calls, report) -> bool:
+def _check_negative_elbo(fn, model, images, report, num_calls) -> bool:
     model.train()
     loss = _loss_value(report, fn, model, images, "your function runs")
     if loss is None:
@@ -670,29 +679,22 @@ def elbo_estimate(fn: Callable, model=None, images: torch.Tensor | None = None,
     :func:`negative_elbo`. Returns True when all passed.
     """
     _require_callable(fn)
-    if (model is None) != (images is None):
-        raise ValueError("pass both model and images, or neither")
-    if model is None:
-        model, images = _default_model_and_images()
-    images = images.to(model.device)
-    report = _Report(f"Checking the ELBO estimate of an evaluation, called as "
-                     f"fn(model, x) in eval mode on {len(images)} images:")
-    was_training = model.training
-    try:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(0)
-            model.eval()
-            if _loss_value(report, fn, model, images, "your function runs",
-                           allow_float=True) is None:
-                return report.finish()
-            report.ok("returns one number for the batch")
-            terms, at_mean = _references(model, images)
-            what = f"its average over {num_calls} calls is the -ELBO"
-            _compare_with_elbo(report, fn, model, images, num_calls, what, terms,
-                               at_mean, allow_float=True)
-            return report.finish()
-    finally:
-        model.train(was_training)
+    return _on_model(model, images, "Checking the ELBO estimate of an evaluation, "
+                     "called as fn(model, x) in eval mode on {} images:",
+                     lambda *args: _check_elbo_estimate(fn, *args, num_calls))
+
+
+def _check_elbo_estimate(fn, model, images, report, num_calls) -> bool:
+    model.eval()
+    if _loss_value(report, fn, model, images, "your function runs",
+                   allow_float=True) is None:
+        return report.finish()
+    report.ok("returns one number for the batch")
+    terms, at_mean = _references(model, images)
+    what = f"its average over {num_calls} calls is the -ELBO"
+    _compare_with_elbo(report, fn, model, images, num_calls, what, terms, at_mean,
+                       allow_float=True)
+    return report.finish()
 
 
 # ---------------------------------------------------- encoder head and q(z|x)
