@@ -21,7 +21,10 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-LESSONS = sorted((REPO / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+# The numbered lessons, then the appendices (A1_name.ipynb, ...), which present and
+# publish like a lesson.
+LESSONS = (sorted((REPO / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+           + sorted((REPO / "notebooks").glob("A[0-9]_*.ipynb")))
 BUILD_S = 600
 
 pytestmark = pytest.mark.browser

@@ -1133,3 +1133,207 @@ def test_conv_vae_checker_misuse_raises():
         check.conv_vae(lambda x: x, kernel3_decoder())
     with pytest.raises(ValueError, match="latent_dim"):
         check.conv_vae(kernel3_encoder(), kernel3_decoder(), latent_dim=0)
+# ---------------------------------------------------------------- ELBO estimate
+
+
+def evaluate_right(model, x):
+    with torch.no_grad():
+        return loss_right(model, x).item()              # a float is fine here
+
+
+def evaluate_at_the_mean(model, x):
+    # The PyTorch examples VAE's test loss: z = mu when the model is in eval mode.
+    posterior = model.encode(x)
+    logits = model.decoder(posterior.mean)
+    reconstruction = F.binary_cross_entropy_with_logits(logits, x, reduction="sum")
+    return (reconstruction + kl_of_posterior(posterior).sum()) / len(x)
+
+
+def test_elbo_estimate_right_answers_pass(capsys):
+    assert_passes(check.elbo_estimate(evaluate_right, num_calls=100), capsys)
+    assert_passes(check.elbo_estimate(loss_right, num_calls=100), capsys)
+
+
+def test_elbo_estimate_at_the_posterior_mean(capsys):
+    out = assert_fails_with(check.elbo_estimate(evaluate_at_the_mean, num_calls=100),
+                            capsys, "It is computed at z = mu",
+                            "lower than the -ELBO", "not an ELBO estimate")
+    assert "returns one number" in out
+
+
+def test_elbo_estimate_averaged_over_pixels(capsys):
+    def evaluate_pixel_mean(model, x):
+        with torch.no_grad():
+            return loss_pixel_mean(model, x)
+
+    assert_fails_with(check.elbo_estimate(evaluate_pixel_mean, num_calls=100), capsys,
+                      "Mean over pixels instead of sum")
+
+
+def test_elbo_estimate_summed_over_the_batch_restores_the_mode(capsys):
+    model, images = check._default_model_and_images()
+    model.train()
+    assert_fails_with(check.elbo_estimate(lambda m, x: loss_right(m, x) * len(x),
+                                          model, images, num_calls=100),
+                      capsys, "8x too large")
+    assert model.training
+
+
+def test_elbo_estimate_returning_a_vector(capsys):
+    def per_image(model, x):
+        posterior = model.encode(x)
+        return -(model.decode(posterior.rsample()).log_prob(x)
+                 - kl_of_posterior(posterior))
+
+    assert_fails_with(check.elbo_estimate(per_image), capsys,
+                      "returned shape (8,)", "average")
+
+
+# ---------------------------------------------------- encoder head and q(z|x)
+
+
+class HeadRight(torch.nn.Module):
+    """The PyTorch examples' fc21 and fc22."""
+
+    def __init__(self, in_features=10, latent_dim=3, activation=None):
+        super().__init__()
+        self.fc21 = torch.nn.Linear(in_features, latent_dim)
+        self.fc22 = torch.nn.Linear(in_features, latent_dim)
+        self.activation = activation or (lambda v: v)
+
+    def forward(self, h):
+        return self.fc21(h), self.activation(self.fc22(h))
+
+
+def test_encoder_head_right_answers_pass(capsys):
+    torch.manual_seed(0)
+    assert_passes(check.encoder_head(HeadRight(), 10, 3), capsys)
+    one_layer = torch.nn.Linear(10, 6)
+    assert_passes(check.encoder_head(lambda h: one_layer(h).chunk(2, dim=-1), 10, 3),
+                  capsys)
+
+
+def test_encoder_head_that_is_not_split(capsys):
+    assert_fails_with(check.encoder_head(torch.nn.Linear(10, 6), 10, 3), capsys,
+                      "one tensor of shape (5, 6)", "chunk(2, dim=-1)")
+
+
+def test_encoder_head_with_an_activation_on_the_log_variance(capsys):
+    torch.manual_seed(0)
+    head = HeadRight(activation=F.softplus)
+    out = assert_fails_with(check.encoder_head(head, 10, 3), capsys,
+                            "log_var is never negative", "no ReLU, softplus or exp")
+    assert "mu and log_var is" not in out
+
+
+def test_encoder_head_with_one_output_twice_and_wrong_shapes(capsys):
+    layer = torch.nn.Linear(10, 3)
+    assert_fails_with(check.encoder_head(lambda h: (layer(h), layer(h)), 10, 3),
+                      capsys, "same numbers")
+    assert_fails_with(check.encoder_head(lambda h: (layer(h), layer(h).T), 10, 3),
+                      capsys, "shapes (5, 3) and (3, 5)")
+
+
+def test_encoder_head_with_a_detached_layer(capsys):
+    head = HeadRight()
+    head.forward = lambda h: (head.fc21(h), head.fc22(h).detach())
+    assert_fails_with(check.encoder_head(head, 10, 3), capsys,
+                      "2 of 4 parameter tensors get no gradient")
+
+
+def posterior_right(mu, log_var):
+    return Independent(Normal(mu, (0.5 * log_var).exp()), 1)
+
+
+def test_posterior_right_answers_pass(capsys):
+    assert_passes(check.posterior(posterior_right), capsys)
+    assert_passes(check.posterior(
+        lambda mu, log_var: Independent(Normal(mu, log_var.exp().sqrt()), 1)), capsys)
+
+
+@pytest.mark.parametrize(("scale", "phrase"), [
+    (lambda v: v.exp(), "the variance"),
+    (lambda v: F.softplus(v), "That is softplus(log_var)"),
+    (lambda v: F.softplus(v).sqrt(), "undo it with exp, not softplus"),
+    (lambda v: (2 * v).exp(), "treats log_var as log sigma"),
+])
+def test_posterior_with_the_wrong_scale(scale, phrase, capsys):
+    out = assert_fails_with(
+        check.posterior(lambda mu, v: Independent(Normal(mu, scale(v)), 1)), capsys,
+        phrase)
+    assert "✓ has mean mu" in out
+
+
+def test_posterior_with_log_var_as_the_scale(capsys):
+    assert_fails_with(check.posterior(lambda mu, v: Independent(Normal(mu, v), 1)),
+                      capsys, "The scale must be positive")
+
+
+def test_posterior_without_independent(capsys):
+    out = assert_fails_with(
+        check.posterior(lambda mu, v: Normal(mu, (0.5 * v).exp())), capsys,
+        "batch shape (3, 8)", "Independent(..., 1)")
+    assert "✓ has standard deviation" in out  # the moments are still checked
+
+
+def test_posterior_with_two_slips_gets_both_diagnostics(capsys):
+    out = assert_fails_with(check.posterior(lambda mu, v: Normal(mu, v.exp())), capsys,
+                            "Independent(..., 1)", "the variance")
+    assert "2 of 5 checks failed" in out
+
+
+def test_posterior_with_swapped_arguments_or_no_gradient(capsys):
+    assert_fails_with(check.posterior(lambda mu, v: posterior_right(v, mu)), capsys,
+                      "swapped")
+    assert_fails_with(check.posterior(
+        lambda mu, v: posterior_right(mu, v.detach())), capsys,
+        "no gradient reaches log_var")
+    assert_fails_with(check.posterior(lambda mu, v: (mu, v)), capsys,
+                      "returned tuple")
+
+
+# --------------------------------------------------------------- interpolation
+
+
+def interpolate_right(model, x_a, x_b, steps):
+    with torch.no_grad():
+        start, end = model.encode(torch.stack([x_a, x_b])).mean
+        t = torch.linspace(0, 1, steps)[:, None]
+        return model.decode((1 - t) * start + t * end).mean
+
+
+def test_interpolation_right_answers_pass(capsys):
+    assert_passes(check.interpolation(interpolate_right), capsys)
+    assert_passes(check.interpolation(vc.plots.interpolate), capsys)
+
+
+def test_interpolation_with_random_codes(capsys):
+    def interpolate_drawn(model, x_a, x_b, steps):
+        start, end = model.encode(torch.stack([x_a, x_b])).rsample()
+        t = torch.linspace(0, 1, steps)[:, None]
+        return model.decode((1 - t) * start + t * end).mean
+
+    assert_fails_with(check.interpolation(interpolate_drawn), capsys,
+                      "the frames change between calls", "rsample")
+
+
+def test_interpolation_decoding_draws(capsys):
+    def interpolate_draws(model, x_a, x_b, steps):
+        start, end = model.encode(torch.stack([x_a, x_b])).mean
+        t = torch.linspace(0, 1, steps)[:, None]
+        return model.decode((1 - t) * start + t * end).sample()
+
+    assert_fails_with(check.interpolation(interpolate_draws), capsys,
+                      "those are draws (.sample())")
+
+
+@pytest.mark.parametrize(("wrong", "phrase"), [
+    (lambda m, a, b, n: interpolate_right(m, b, a, n), "runs from x_b to x_a"),
+    (lambda m, a, b, n: interpolate_right(m, a, b, n + 1)[:-1], "stops short"),
+    (lambda m, a, b, n: interpolate_right(m, a, b, n - 1), "both ends included"),
+    (lambda m, a, b, n: torch.lerp(a, b, torch.linspace(0, 1, n)[:, None]),
+     "blends the pixels"),
+    (lambda m, a, b, n: m.decoder(torch.zeros(n, m.latent_dim)), "look like logits"),
+])
+def test_interpolation_slips(wrong, phrase, capsys):
+    assert_fails_with(check.interpolation(wrong), capsys, phrase)

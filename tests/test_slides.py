@@ -24,7 +24,10 @@ nbformat = pytest.importorskip("nbformat")
 nbconvert = pytest.importorskip("nbconvert")
 
 REPO = Path(__file__).resolve().parents[1]
-LESSONS = sorted((REPO / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+# The numbered lessons, then the appendices (A1_name.ipynb, ...), which present and
+# publish like a lesson.
+LESSONS = (sorted((REPO / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+           + sorted((REPO / "notebooks").glob("A[0-9]_*.ipynb")))
 DECK_CONFIG = REPO / "deck" / "jupyter_nbconvert_config.py"
 SLIDE_TYPES = {"slide", "subslide", "fragment", "-", "skip", "notes"}
 MIN_SLIDES = 4

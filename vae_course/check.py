@@ -35,6 +35,11 @@ checker                            the function it expects
 :func:`conv_vae`                   an ``encoder`` and a ``decoder`` (not a
                                    function): their shapes, layer by layer, for
                                    28x28 images
+:func:`elbo_estimate`              ``fn(model, x) -> test -ELBO`` (an evaluation)
+:func:`encoder_head`               ``head(h) -> (mu, log_var)``, the last encoder
+                                   layer
+:func:`posterior`                  ``fn(mu, log_var) -> q(z|x)``, a distribution
+:func:`interpolation`              ``fn(model, x_a, x_b, steps) -> (steps, 784)``
 =================================  ================================================
 
 Here ``log_var`` is :math:`\log\sigma^2`, one per latent unit, and ``x`` a batch of
@@ -67,9 +72,10 @@ from .models import IMAGE_SIZE, VAE, build_vae, is_conditional
 from .train import warmup_weight
 
 __all__ = ["LinearGaussianVAE", "beta_vae_loss", "bits_per_dim",
-           "conditional_negative_elbo", "conv_vae", "iwae_bound", "kl_standard_normal",
+           "conditional_negative_elbo", "conv_vae", "elbo_estimate", "encoder_head",
+           "interpolation", "iwae_bound", "kl_standard_normal",
            "log_likelihood_estimate", "log_prob", "mixture_prior_log_prob",
-           "monte_carlo_kl", "negative_elbo", "quadrature_log_likelihood",
+           "monte_carlo_kl", "negative_elbo", "posterior", "quadrature_log_likelihood",
            "reparameterize"]
 
 PASS, FAIL = "✓", "✗"
@@ -573,12 +579,27 @@ def _binary_images(num_images: int, generator: torch.Generator) -> torch.Tensor:
     return torch.bernoulli(probabilities, generator=generator)
 
 
-def _loss_value(report, fn, model, images, what):
-    """The learner's loss as a float, or None after reporting why it is not one."""
+def _loss_value(report, fn, model, images, what, allow_float=False):
+    """The learner's loss as a tensor, or None after reporting why it is not one.
+
+    ``allow_float``: a Python number is fine too (an evaluation, not a training loss).
+    """
     result = _call(report, fn, model, images, what=what)
     if isinstance(result, tuple | list) and result:
         result = result[0]  # (loss, terms), like vc.elbo.negative_elbo
-    if isinstance(result, _Crashed) or not _is_scalar_tensor(report, result, "loss"):
+    if isinstance(result, _Crashed):
+        return None
+    if allow_float and isinstance(result, int | float) and not isinstance(result, bool):
+        result = torch.tensor(float(result))
+    if not isinstance(result, torch.Tensor):
+        report.fail("returns the loss as a tensor",
+                    f"it returned {type(result).__name__}; return a scalar tensor "
+                    "(no .item()) so that loss.backward() works.")
+        return None
+    if result.dim() != 0:
+        report.fail("returns one number for the batch",
+                    f"it returned shape {tuple(result.shape)}; average the per-image "
+                    "negative ELBO over the batch with .mean().")
         return None
     return result
 
@@ -598,11 +619,39 @@ def _is_scalar_tensor(report: _Report, value, name: str) -> bool:
     return True
 
 
-def _loss_hint(mean, tolerance, terms, posterior, batch) -> str:
+def _references(model, images, labels=None):
+    """A precise estimate of each ELBO term per image, the -ELBO at z = mu, and
+    q(z|x) (given ``labels`` for a conditional VAE)."""
+    given = () if labels is None else (labels,)
+    with torch.no_grad():
+        terms = elbo_terms(model, images, num_samples=2000, labels=labels)
+        posterior = model.encode(images, *given)
+        at_mean = -(model.decode(posterior.mean, *given).log_prob(images)
+                    - kl_of_posterior(posterior)).mean()  # the loss at z = mu
+    return terms, float(at_mean), posterior
+
+
+def _same_on_every_call(mean: float, at_mean: float, expected: float) -> str:
+    """The hint for a loss that never changes: most likely it is computed at z = mu."""
+    if abs(mean - at_mean) < 1e-3 * abs(mean) + 1e-3:
+        return (f"It is computed at z = mu: {mean:.2f} nats, {expected - mean:.2f} "
+                f"lower than the -ELBO ({expected:.2f}). A test loss computed at "
+                "z = mu is not an ELBO estimate (it skips the expectation over "
+                "q(z|x)); draw z with rsample in evaluation mode too.")
+    return ("The loss is the same on every call: it does not draw z from q(z|x). "
+            "If it uses z = mu here: a test loss computed at z = mu is not an ELBO "
+            "estimate; draw z with rsample in every mode.")
+
+
+def _loss_hint(mean, tolerance, terms, posterior, batch, at_mean) -> str:
     reconstruction, kl = terms["reconstruction"], terms["kl"]
     mu, sigma = posterior.mean, posterior.stddev
     latent_dim = mu.shape[-1]
     candidates = [
+        (at_mean, "It is close to the loss at z = mu: decode draws of z from q(z|x), "
+                  "not the posterior mean."),
+        (at_mean, "It is close to the loss at z = mu: decode draws of z from q(z|x), "
+                  "not the posterior mean."),
         (-(reconstruction / IMAGE_SIZE - kl).mean(),
          "Mean over pixels instead of sum: the reconstruction term is 784x too small "
          "next to the KL. Sum log p(x|z) over the 784 pixels (Independent, or "
@@ -656,18 +705,27 @@ def negative_elbo(fn: Callable, model=None, images: torch.Tensor | None = None,
     Returns True when all passed.
     """
     _require_callable(fn)
+    return _on_model(model, images, "Checking the negative ELBO, called as fn(model, x) "
+                     "on {} images:",
+                     lambda *args: _check_negative_elbo(fn, *args, num_calls))
+
+
+def _on_model(model, images, title: str, check: Callable) -> bool:
+    """``check(model, images, report)`` on the given or the default model and images.
+
+    Seeded, and leaving the global random state and the model's mode as they were.
+    """
     if (model is None) != (images is None):
         raise ValueError("pass both model and images, or neither")
     if model is None:
         model, images = _default_model_and_images()
     images = images.to(model.device)
-    report = _Report(f"Checking the negative ELBO, called as fn(model, x) on "
-                     f"{len(images)} images:")
+    report = _Report(title.format(len(images)))
     was_training = model.training
     try:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
-            return _check_negative_elbo(fn, model, images, num_calls, report)
+            return check(model, images, report)
     finally:
         model.train(was_training)
 
@@ -688,13 +746,12 @@ def _decoder_inputs(model):
         handle.remove()
 
 
-def _check_negative_elbo(fn, model, images, num_calls, report, labels=None,
+def _check_negative_elbo(fn, model, images, report, num_calls, labels=None,
                          first_loss=None) -> bool:
     """The loss's gradient and its average against the -ELBO (given ``labels``).
 
     ``first_loss`` is the result of a call already made, if any.
     """
-    given = () if labels is None else (labels,)
     model.train()
     loss, codes = first_loss, []
     if loss is None:
@@ -714,41 +771,372 @@ def _check_negative_elbo(fn, model, images, num_calls, report, labels=None,
                     "the encoder; " + USE_RSAMPLE)
     else:
         report.ok("carries gradients to the model")
-    with torch.no_grad():
-        terms = elbo_terms(model, images, num_samples=2000, labels=labels)
-        posterior = model.encode(images, *given)
-        at_mean = -(model.decode(posterior.mean, *given).log_prob(images)
-                    - kl_of_posterior(posterior)).mean()  # the loss at z = mu
+    references = _references(model, images, labels)
     for mode in ("train", "eval"):
         model.train(mode == "train")
-        with torch.no_grad():
-            values = [_loss_value(report, fn, model, images, f"runs in {mode} mode")
-                      for _ in range(num_calls)]
-        if any(value is None for value in values):
-            return report.finish()
-        values = torch.stack(values).double()
-        mean, spread = float(values.mean()), float(values.std())
         what = f"its average over {num_calls} calls in {mode} mode is the -ELBO"
-        if spread == 0.0:
-            hint = ("The loss is the same on every call: it does not draw z from "
-                    "q(z|x). If it uses z = mu here: a test loss computed at z = mu "
-                    "is not an ELBO estimate; draw z with rsample in every mode.")
-            if abs(mean - float(at_mean)) < 1e-3 * abs(mean) + 1e-3:
-                hint = ("It is computed at z = mu: a test loss computed at z = mu is "
-                        "not an ELBO estimate (it skips the expectation over "
-                        "q(z|x)); draw z with rsample in evaluation mode too.")
-            report.fail(what, hint)
-            continue
-        # The reference averages 2000 draws per image, as many as 2000 calls.
-        reference_se = spread / math.sqrt(2000)
-        tolerance = 5 * math.sqrt(spread**2 / num_calls + reference_se**2)
-        expected = float(-terms["elbo"].mean())
-        if abs(mean - expected) < tolerance + 1e-4 * abs(expected):
-            report.ok(f"{what} ({expected:.1f} nats per image)")
-        else:
-            report.fail(what, _loss_hint(mean, tolerance, terms, posterior,
-                                         len(images)))
+        if not _compare_with_elbo(report, fn, model, images, num_calls, what,
+                                  references):
+            break
     return report.finish()
+
+
+def _compare_with_elbo(report, fn, model, images, num_calls, what, references,
+                       allow_float=False) -> bool:
+    """Average ``num_calls`` calls of a loss and compare it with the precise -ELBO.
+
+    Returns False when a call crashed or returned no number, True otherwise.
+    """
+    terms, at_mean, posterior = references
+    mode = "train" if model.training else "eval"
+    with torch.no_grad():
+        values = [_loss_value(report, fn, model, images, f"runs in {mode} mode",
+                              allow_float) for _ in range(num_calls)]
+    if any(value is None for value in values):
+        return False
+    values = torch.stack(values).double()
+    mean, spread = float(values.mean()), float(values.std())
+    expected = float(-terms["elbo"].mean())
+    if spread == 0.0:
+        report.fail(what, _same_on_every_call(mean, at_mean, expected))
+        return True
+    # The reference averages 2000 draws per image, as many as 2000 calls.
+    reference_se = spread / math.sqrt(2000)
+    tolerance = 5 * math.sqrt(spread**2 / num_calls + reference_se**2)
+    if abs(mean - expected) < tolerance + 1e-4 * abs(expected):
+        report.ok(f"{what} ({expected:.1f} nats per image)")
+    else:
+        report.fail(what, _loss_hint(mean, tolerance, terms, posterior, len(images),
+                                     at_mean))
+    return True
+
+
+
+# ---------------------------------------------------------------- ELBO estimate
+
+
+def elbo_estimate(fn: Callable, model=None, images: torch.Tensor | None = None,
+                  num_calls: int = 200) -> bool:
+    r"""Check a learner's evaluation ``fn(model, x)``: the test -ELBO, nats per image.
+
+    The model is put in evaluation mode, as an evaluation would, and ``fn`` returns
+    the batch mean of the negative ELBO as a number or a scalar tensor (no gradient
+    needed). An estimate of the ELBO draws z from q(z|x); one computed at the
+    posterior mean z = mu is the same on every call and lower than the -ELBO, so it
+    flatters the model. The default model and images are those of
+    :func:`negative_elbo`. Returns True when all passed.
+    """
+    _require_callable(fn)
+    return _on_model(model, images, "Checking the ELBO estimate of an evaluation, "
+                     "called as fn(model, x) in eval mode on {} images:",
+                     lambda *args: _check_elbo_estimate(fn, *args, num_calls))
+
+
+def _check_elbo_estimate(fn, model, images, report, num_calls) -> bool:
+    model.eval()
+    if _loss_value(report, fn, model, images, "your function runs",
+                   allow_float=True) is None:
+        return report.finish()
+    report.ok("returns one number for the batch")
+    what = f"its average over {num_calls} calls is the -ELBO"
+    _compare_with_elbo(report, fn, model, images, num_calls, what,
+                       _references(model, images), allow_float=True)
+    return report.finish()
+
+
+# ---------------------------------------------------- encoder head and q(z|x)
+
+
+def encoder_head(head: Callable, in_features: int, latent_dim: int) -> bool:
+    r"""Check a learner's last encoder layer: ``head(h) -> (mu, log_var)``.
+
+    ``head`` (an ``nn.Module`` or a function) maps hidden features ``h`` of shape
+    (batch, in_features) to the means and the log-variances :math:`\log\sigma^2` of
+    q(z|x), each (batch, latent_dim): two linear maps (or one of 2 * latent_dim
+    outputs, split in two) with no activation after them. Returns True when all
+    passed.
+    """
+    _require_callable(head)
+    report = _Report(f"Checking the encoder head, called as head(h) on h of shape "
+                     f"(5, {in_features}):")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        hidden = torch.randn(5, in_features).relu()  # like the output of a ReLU layer
+    parameters = list(head.parameters()) if hasattr(head, "parameters") else []
+    device = parameters[0].device if parameters else torch.device("cpu")
+    result = _call(report, head, hidden.to(device))
+    if isinstance(result, _Crashed):
+        return report.finish()
+    if isinstance(result, torch.Tensor) and result.shape == (5, 2 * latent_dim):
+        report.fail("returns a pair (mu, log_var)",
+                    f"it returned one tensor of shape (5, {2 * latent_dim}); split it "
+                    "into its two halves: mu, log_var = output.chunk(2, dim=-1).")
+        return report.finish()
+    if not (isinstance(result, tuple | list) and len(result) == 2
+            and all(isinstance(part, torch.Tensor) for part in result)):
+        report.fail("returns a pair (mu, log_var)",
+                    f"it returned {type(result).__name__}; return two tensors, "
+                    "return mu, log_var.")
+        return report.finish()
+    report.ok("returns a pair (mu, log_var)")
+    mu, log_var = result
+    shapes = [tuple(part.shape) for part in result]
+    if shapes != [(5, latent_dim)] * 2:
+        report.fail(f"gives mu and log_var of shape (5, {latent_dim}) each",
+                    f"they have shapes {shapes[0]} and {shapes[1]}: one mean and one "
+                    f"log-variance per latent unit, for each of the 5 rows.")
+        return report.finish()
+    report.ok(f"gives mu and log_var of shape (5, {latent_dim}) each")
+    _check_head_outputs(report, mu, log_var, parameters)
+    return report.finish()
+
+
+def _check_head_outputs(report: _Report, mu, log_var, parameters) -> None:
+    if _close(mu, log_var, 1e-12):
+        report.fail("gives mu and log_var their own outputs",
+                    "mu and log_var are the same numbers: give each its own layer "
+                    "(fc21 and fc22), or split one layer's 2 * latent_dim outputs.")
+        return
+    report.ok("gives mu and log_var their own outputs")
+    what = "leaves both unconstrained: each takes negative and positive values"
+    never_negative = [name for name, part in (("mu", mu), ("log_var", log_var))
+                      if bool((part >= 0).all())]
+    if never_negative:
+        report.fail(what, f"{' and '.join(never_negative)} is never negative: no ReLU, "
+                    "softplus or exp after the last layer. A log-variance is any real "
+                    "number; the posterior turns it into a positive scale.")
+    else:
+        report.ok(what)
+    if not parameters:
+        return
+    (mu.sum() + log_var.sum()).backward()
+    missing = [name for name, parameter in enumerate(parameters)
+               if parameter.grad is None or not bool(parameter.grad.abs().sum() > 0)]
+    what = "passes gradients to every weight of the head"
+    if missing:
+        report.fail(what, f"{len(missing)} of {len(parameters)} parameter tensors get "
+                    "no gradient: no .detach(), .item() or torch.no_grad() inside, and "
+                    "use every layer you define.")
+    else:
+        report.ok(what)
+    for parameter in parameters:
+        parameter.grad = None
+
+
+def posterior(fn: Callable) -> bool:
+    r"""Check a learner's ``fn(mu, log_var) -> q(z|x)``, a diagonal Gaussian.
+
+    ``mu`` and ``log_var`` (:math:`\log\sigma^2`) have shape (batch, latent_dim);
+    the result must be a ``torch.distributions`` object with batch shape (batch,)
+    and event shape (latent_dim,), mean ``mu`` and standard deviation
+    ``exp(0.5 * log_var)``, such as
+    ``Independent(Normal(mu, (0.5 * log_var).exp()), 1)``, whose ``rsample`` lets
+    gradients reach both inputs. Returns True when all passed.
+    """
+    _require_callable(fn)
+    report = _Report("Checking q(z|x), called as fn(mu, log_var):")
+    generator = torch.Generator().manual_seed(0)
+    batch, latent_dim = 3, 8
+    mu = torch.randn(batch, latent_dim, generator=generator, dtype=torch.float64)
+    log_var = torch.empty(batch, latent_dim, dtype=torch.float64).uniform_(
+        -4.0, 3.0, generator=generator)
+    mu.requires_grad_(True)
+    log_var.requires_grad_(True)
+    try:
+        q = fn(mu, log_var)
+    except ValueError as error:
+        hint = f"it raised ValueError: {str(error).splitlines()[0][:120]}"
+        if "scale" in str(error):
+            hint += ("\nThe scale must be positive, and log_var can be negative: "
+                     "the scale is sigma = exp(0.5 * log_var).")
+        report.fail("your function runs", hint)
+        return report.finish()
+    except Exception as error:  # a learner's bug, reported rather than raised
+        report.fail("your function runs", f"it raised {type(error).__name__}: {error}")
+        return report.finish()
+    if not isinstance(q, torch.distributions.Distribution):
+        report.fail("returns a torch.distributions object",
+                    f"it returned {type(q).__name__}; return the distribution itself, "
+                    "e.g. Independent(Normal(loc, scale), 1).")
+        return report.finish()
+    report.ok("returns a torch.distributions object")
+    if not _posterior_shapes(report, q, batch, latent_dim) and tuple(
+            q.mean.shape) != tuple(mu.shape):
+        return report.finish()  # moments of another shape cannot be compared
+    _posterior_moments(report, q, mu.detach(), log_var.detach())
+    _posterior_gradients(report, q, mu, log_var)
+    return report.finish()
+
+
+def _posterior_shapes(report: _Report, q, batch: int, latent_dim: int) -> bool:
+    shapes = tuple(q.batch_shape), tuple(q.event_shape)
+    what = f"has batch shape ({batch},) and event shape ({latent_dim},)"
+    if shapes == ((batch,), (latent_dim,)):
+        report.ok(what)
+        return True
+    hint = f"it has batch shape {shapes[0]} and event shape {shapes[1]}."
+    if shapes == ((batch, latent_dim), ()):
+        hint += (" Each latent unit is a distribution of its own: wrap the Normal in "
+                 "Independent(..., 1), so that log_prob sums over the latent units "
+                 "and gives one number per image.")
+    report.fail(what, hint)
+    return False
+
+
+def _posterior_moments(report: _Report, q, mu, log_var) -> None:
+    if _close(q.mean, mu):
+        report.ok("has mean mu")
+    else:
+        hint = "mean and log-variance are swapped." if _close(q.mean, log_var) else (
+            f"expected {_listed(mu[0, :4])}..., got {_listed(q.mean[0, :4])}...")
+        report.fail("has mean mu", hint)
+    sigma = (0.5 * log_var).exp()
+    what = "has standard deviation sigma = exp(0.5 * log_var), positive"
+    scale = q.stddev.detach()
+    if _close(scale, sigma):
+        report.ok(what)
+        return
+    softplus = torch.nn.functional.softplus(log_var)
+    slips = [
+        (log_var.exp(), "That is exp(log_var) = sigma^2, the variance: Normal takes "
+                        "the standard deviation, exp(0.5 * log_var)."),
+        (softplus, "That is softplus(log_var). Softplus suits a network that predicts "
+                   "the scale itself; log_var is log sigma^2, so sigma = "
+                   "exp(0.5 * log_var)."),
+        (softplus.sqrt(), "That is sqrt(softplus(log_var)): log_var is a log, undo it "
+                          "with exp, not softplus; sigma = exp(0.5 * log_var)."),
+        ((2 * log_var).exp(), "That treats log_var as log sigma and squares it: "
+                              "sigma = exp(0.5 * log_var)."),
+        (log_var.abs(), "That is |log_var|: sigma = exp(0.5 * log_var)."),
+    ]
+    hint = (f"expected {_listed(sigma[0, :4])}..., got {_listed(scale[0, :4])}...; "
+            "sigma = exp(0.5 * log_var).")
+    for candidate, slip in slips:
+        if _close(scale, candidate):
+            hint = slip
+            break
+    report.fail(what, hint)
+
+
+def _posterior_gradients(report: _Report, q, mu, log_var) -> None:
+    what = "lets gradients of rsample() reach mu and log_var"
+    try:
+        z = q.rsample()
+    except Exception as error:  # e.g. a distribution without rsample
+        report.fail(what, f"rsample raised {type(error).__name__}: {error}")
+        return
+    if not z.requires_grad:
+        report.fail(what, "the draw carries no gradient: build the distribution from "
+                    "mu and log_var themselves (no .detach(), .item() or NumPy).")
+        return
+    grads = torch.autograd.grad(z.sum(), [mu, log_var], allow_unused=True)
+    missing = [name for name, grad in zip(("mu", "log_var"), grads, strict=True)
+               if grad is None or not bool(grad.abs().sum() > 0)]
+    if missing:
+        report.fail(what, f"no gradient reaches {' or '.join(missing)}: build the "
+                    "distribution from both, without .detach().")
+    else:
+        report.ok(what)
+
+
+# --------------------------------------------------------------- interpolation
+
+
+def interpolation(fn: Callable, model=None) -> bool:
+    r"""Check a learner's ``fn(model, x_a, x_b, steps) -> (steps, 784)``.
+
+    ``x_a`` and ``x_b`` are two images of shape (784,). The answer encodes both to
+    their posterior means, walks the straight line
+    :math:`z(t) = (1 - t)\,\mu(x_a) + t\,\mu(x_b)` for ``steps`` values of t from
+    0 to 1 (``torch.linspace(0, 1, steps)``) and returns the decoder's pixel means
+    at those codes: the same frames on every call. By default a small seeded model
+    is used; pass your own ``model`` to check on it. Returns True when all passed.
+    """
+    _require_callable(fn)
+    if model is None:
+        model, images = _default_model_and_images()
+    else:
+        images = _default_model_and_images()[1]
+    x_a, x_b = images[0].to(model.device), images[1].to(model.device)
+    steps = 7
+    report = _Report(f"Checking the interpolation, called as fn(model, x_a, x_b, "
+                     f"steps={steps}):")
+    was_training = model.training
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            model.eval()
+            _check_interpolation(report, fn, model, x_a, x_b, steps)
+    finally:
+        model.train(was_training)
+    return report.finish()
+
+
+def _frames_along(model, x_a, x_b, t) -> torch.Tensor:
+    """Pixel means decoded on the line between the posterior means, at each t."""
+    with torch.no_grad():
+        start, end = model.encode(torch.stack([x_a, x_b])).mean  # (latent_dim,) each
+        return model.decode((1 - t[:, None]) * start + t[:, None] * end).mean
+
+
+def _check_interpolation(report, fn, model, x_a, x_b, steps) -> None:
+    with torch.no_grad():
+        first = _call(report, fn, model, x_a, x_b, steps)
+    if not _is_tensor(report, first, "the frames"):
+        return
+    first = first.detach()
+    if first.shape != (steps, IMAGE_SIZE):
+        hint = f"it returned shape {tuple(first.shape)}."
+        if first.numel() == steps * IMAGE_SIZE:
+            hint += f" Flatten the frames to (steps, {IMAGE_SIZE})."
+        elif first.dim() == 2 and first.shape[1] == IMAGE_SIZE:
+            hint += (" One frame per value of t, both ends included: "
+                     "t = torch.linspace(0, 1, steps).")
+        report.fail(f"returns one frame per step, shape ({steps}, {IMAGE_SIZE})", hint)
+        return
+    report.ok(f"returns one frame per step, shape ({steps}, {IMAGE_SIZE})")
+    binary = bool(((first == 0) | (first == 1)).all())
+    if binary:
+        report.fail("returns pixel means, not Bernoulli draws",
+                    "every value is 0 or 1: those are draws (.sample()) of p(x|z); "
+                    "show the pixel means, model.decode(z).mean.")
+    elif bool(((first < 0) | (first > 1)).any()):
+        report.fail("returns pixel means, not Bernoulli draws",
+                    "values outside [0, 1]: those look like logits; the pixel means "
+                    "are model.decode(z).mean (the sigmoid of the logits).")
+    else:
+        report.ok("returns pixel means, not Bernoulli draws")
+    with torch.no_grad():
+        again = _call(report, fn, model, x_a, x_b, steps)
+    if not _is_tensor(report, again, "the frames"):
+        return
+    if not _close(again.detach(), first, 1e-9):
+        report.fail("gives the same frames on every call",
+                    "the frames change between calls: encode each image to its "
+                    "posterior mean (.mean), not a draw (rsample), and decode means.")
+        return
+    report.ok("gives the same frames on every call")
+    t = torch.linspace(0, 1, steps, device=first.device)
+    what = "decodes the straight line between the two posterior means, t from 0 to 1"
+    if _close(first, _frames_along(model, x_a, x_b, t), 1e-4):
+        report.ok(what)
+        return
+    slips = [
+        (_frames_along(model, x_b, x_a, t), "It runs from x_b to x_a: at t = 0 "
+                                            "the path starts at mu(x_a)."),
+        (_frames_along(model, x_a, x_b, torch.arange(steps, device=t.device) / steps),
+         "The last frame stops short of x_b: t = torch.linspace(0, 1, steps) "
+         "includes both ends."),
+        ((1 - t[:, None]) * x_a + t[:, None] * x_b,
+         "That blends the pixels of the two images, not their codes: encode both, "
+         "interpolate the posterior means, decode."),
+    ]
+    hint = "the frames differ from the decoded means along the line."
+    for candidate, slip in slips:
+        if _close(first, candidate, 1e-4):
+            hint = slip
+            break
+    report.fail(what, hint)
 
 
 # ------------------------------------------------- importance-sampled log p(x)
@@ -1037,7 +1425,7 @@ def conditional_negative_elbo(fn: Callable, model=None,
             if not _check_inputs(report, seen, model, images, labels) or loss is None:
                 return report.finish()
             return _check_negative_elbo(lambda m, x: fn(m, x, labels), model, images,
-                                        num_calls, report, labels, first_loss=loss)
+                                        report, num_calls, labels, first_loss=loss)
     finally:
         for hook in hooks:
             hook.remove()
