@@ -2051,6 +2051,7 @@ def quadrature_log_likelihood(fn: Callable) -> bool:
         else:
             report.fail(what, _quadrature_hint(float(result), joint, step, len(axis),
                                                log_prior, far_out, (peak_z1, peak_z2)))
+    return report.finish()
 # ------------------------------------------------------ beta-VAE loss and warm-up
 
 
