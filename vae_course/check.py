@@ -200,6 +200,16 @@ def _kl_hint(result, mu, log_var) -> str:
             "term with 1/2 sum(mu^2 + sigma^2 - 1 - log sigma^2).")
 
 
+def _gaussian_parameters(low: float, high: float):
+    """Seeded ``mu`` and ``log_var`` of shape (3, 8) in float64, both requiring
+    gradients; ``log_var`` uniform in [low, high]."""
+    generator = torch.Generator().manual_seed(0)
+    mu = torch.randn(3, 8, generator=generator, dtype=torch.float64)
+    log_var = torch.empty(3, 8, dtype=torch.float64).uniform_(low, high,
+                                                             generator=generator)
+    return mu.requires_grad_(True), log_var.requires_grad_(True)
+
+
 def kl_standard_normal(fn: Callable, takes: str = "mu_log_var") -> bool:
     r"""Check a learner's :math:`\mathrm{KL}(q(z|x) \,\|\, \mathcal{N}(0, I))`.
 
@@ -221,13 +231,8 @@ def kl_standard_normal(fn: Callable, takes: str = "mu_log_var") -> bool:
         posterior = Independent(Normal(mu, (0.5 * log_var).exp()), 1)
         return _call(report, fn, posterior)
 
-    generator = torch.Generator().manual_seed(0)
-    batch, latent_dim = 3, 8
-    mu = torch.randn(batch, latent_dim, generator=generator, dtype=torch.float64)
-    log_var = torch.empty(batch, latent_dim, dtype=torch.float64).uniform_(
-        -2.0, 1.0, generator=generator)
-    mu.requires_grad_(True)
-    log_var.requires_grad_(True)
+    mu, log_var = _gaussian_parameters(-2.0, 1.0)  # (3, 8) each
+    batch, latent_dim = mu.shape
     result = run(mu, log_var)
     if not _is_tensor(report, result, "the KL of each example"):
         return report.finish()
@@ -935,13 +940,8 @@ def posterior(fn: Callable) -> bool:
     """
     _require_callable(fn)
     report = _Report("Checking q(z|x), called as fn(mu, log_var):")
-    generator = torch.Generator().manual_seed(0)
-    batch, latent_dim = 3, 8
-    mu = torch.randn(batch, latent_dim, generator=generator, dtype=torch.float64)
-    log_var = torch.empty(batch, latent_dim, dtype=torch.float64).uniform_(
-        -4.0, 3.0, generator=generator)
-    mu.requires_grad_(True)
-    log_var.requires_grad_(True)
+    mu, log_var = _gaussian_parameters(-4.0, 3.0)  # (3, 8) each
+    batch, latent_dim = mu.shape
     try:
         q = fn(mu, log_var)
     except ValueError as error:
@@ -1842,20 +1842,11 @@ def iwae_bound(fn: Callable, num_samples: int = 10, num_calls: int = 200) -> boo
         return _check_iwae_bound(fn, model, images, num_samples, num_calls, report)
 
 
-def _decoder_sees_reparameterized_codes(model) -> tuple[list[bool], Callable]:
-    """Records, for every decoder call, whether its codes carry a gradient."""
-    seen: list[bool] = []
-    handle = model.decoder.register_forward_pre_hook(
-        lambda module, inputs: seen.append(bool(inputs[0].requires_grad)))
-    return seen, handle.remove
-
-
 def _check_iwae_bound(fn, model, images, k, num_calls, report) -> bool:
-    seen, remove_hook = _decoder_sees_reparameterized_codes(model)
-    try:
+    with _decoder_inputs(model) as codes:
         bound = _call(report, fn, model, images, k)
-    finally:
-        remove_hook()
+    # For every decoder call, whether its codes carry a gradient (rsample).
+    seen = [bool(z.requires_grad) for z in codes]
     if not _is_tensor(report, bound, "one bound per image"):
         return report.finish()
     batch = len(images)
