@@ -52,7 +52,7 @@ MODELS = {
                          [], 16),
     "best": Reference("MLP 784-500-500-(2x50), latent 50, KL warm-up 10 epochs",
                       ["--hidden-sizes", "500", "500", "--latent-dim", "50",
-                       "--warmup-epochs", "10"], 250, PUBLISHED_VAE),
+                       "--warmup-epochs", "10"], 150, PUBLISHED_VAE),
     "burda-size": Reference("MLP 784-200-200-(2x50), latent 50: Burda et al.'s size "
                             "(ReLU, where they used tanh)",
                             ["--hidden-sizes", "200", "200", "--latent-dim", "50"],

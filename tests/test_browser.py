@@ -343,11 +343,21 @@ def wait_for_run(page, lab: LabServer, notebook: str) -> dict:
 
 
 def save_and_read(page, lab: LabServer, notebook: str) -> dict:
-    """Save through the UI (Ctrl+S) and read back what the server wrote."""
+    """Save through the UI (Ctrl+S) and read back what the server wrote.
+
+    The server writes a notebook atomically: it keeps a copy as ``.~name`` while it
+    writes, and a read that finds the file half written puts that copy back, which
+    breaks the write under way. So the file is read only once it has changed and
+    the copy is gone.
+    """
+    path, backup = lab.root / notebook, lab.root / f".~{notebook}"
+    before = path.stat().st_mtime_ns
     page.locator(f"{PANEL} .jp-Notebook").click(position={"x": 5, "y": 5})
     page.keyboard.press("Control+s")
 
     def saved():
+        if backup.exists() or not path.exists() or path.stat().st_mtime_ns == before:
+            return None  # not written yet, or being written
         model = lab.api(f"/api/contents/{notebook}?content=1")["content"]
         code = [c for c in model["cells"] if c["cell_type"] == "code"]
         return model if code and all(c.get("execution_count") for c in code) else None
