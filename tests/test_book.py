@@ -139,6 +139,11 @@ def test_site_navigates_and_renders_offline(served, browser_page):
     page.locator("a.right-next").click()
     page.wait_for_url(re.compile(rf"{second}\.html"))
     page.locator("a.left-prev").wait_for()
+    # Let MathJax finish this page (its fonts too) before leaving it: a request
+    # still under way when the page is left counts as aborted.
+    page.wait_for_function("window.MathJax && MathJax.isReady", timeout=60_000)
+    page.evaluate("() => new Promise(done => MathJax.Hub.Queue(done))")
+    page.wait_for_load_state("networkidle")
 
     # Sphinx's own search, which runs in the page from searchindex.js.
     page.goto(f"{served}/search.html?q=reparameterization", wait_until="load")
