@@ -200,6 +200,13 @@ def _kl_hint(result, mu, log_var) -> str:
             "term with 1/2 sum(mu^2 + sigma^2 - 1 - log sigma^2).")
 
 
+def _require_count(name: str, value, minimum: int, why: str = "") -> None:
+    """Refuse (misuse of a checker) a ``value`` that is no integer >= ``minimum``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an integer of at least {minimum}{why}; "
+                         f"got {value!r}")
+
+
 def _gaussian_parameters(low: float, high: float):
     """Seeded ``mu`` and ``log_var`` of shape (3, 8) in float64, both requiring
     gradients; ``log_var`` uniform in [low, high]."""
@@ -1262,10 +1269,7 @@ def log_likelihood_estimate(fn: Callable, num_samples: int = 1000) -> bool:
     True when all passed.
     """
     _require_callable(fn)
-    if isinstance(num_samples, bool) or not isinstance(num_samples, int) \
-            or num_samples < 100:
-        raise ValueError(f"num_samples must be an integer of at least 100; "
-                         f"got {num_samples!r}")
+    _require_count("num_samples", num_samples, 100)
     model = LinearGaussianVAE()
     x = model.images()
     exact = model.exact_log_likelihood(x)
@@ -1830,10 +1834,7 @@ def iwae_bound(fn: Callable, num_samples: int = 10, num_calls: int = 200) -> boo
     with the bound without its :math:`-\log k`. Returns True when all passed.
     """
     _require_callable(fn)
-    if isinstance(num_samples, bool) or not isinstance(num_samples, int) \
-            or num_samples < 2:
-        raise ValueError(f"num_samples must be an integer of at least 2 (at k = 1 "
-                         f"the bound is the ELBO); got {num_samples!r}")
+    _require_count("num_samples", num_samples, 2, " (at k = 1 the bound is the ELBO)")
     model, images = _default_model_and_images()
     report = _Report(f"Checking the k-sample bound, called as fn(model, x, "
                      f"{num_samples}) on {len(images)} images:")
