@@ -36,6 +36,11 @@ CELL_TIMEOUT ?= 1800
 # Jupyter refuses to start as root (containers, CI images) unless told it may.
 ALLOW_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root)
 
+# The tests run in TEST_WORKERS processes (pytest-xdist), a whole file in each, so
+# that a notebook's cells run in order on one kernel; TEST_WORKERS=1 runs them
+# one after another.
+TEST_WORKERS ?= 2
+PARALLEL := $(if $(filter 1,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile)
 NBVAL_FLAGS := --nbval-lax --nbval-current-env \
 	--nbval-sanitize-with tests/nbval_sanitize.cfg
 EXECUTE := $(JUPYTER) nbconvert --to notebook --execute \
@@ -81,7 +86,7 @@ lab: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check .
 	rm -rf runs/smoke
-	VAE_COURSE_SMOKE=1 $(BIN)/python -m pytest $(NBVAL_FLAGS) tests notebooks
+	VAE_COURSE_SMOKE=1 $(BIN)/python -m pytest $(PARALLEL) $(NBVAL_FLAGS) tests notebooks
 
 # The checked outputs must not depend on the CPU. PyTorch, MKL and oneDNN pick their
 # kernels from the processor and each sums floats in its own order, so this runs the
@@ -91,7 +96,8 @@ test-portable: $(STAMP)
 	rm -rf runs/smoke
 	@setting="$$($(BIN)/python tests/portability.py --environment)" && \
 	echo "nbval under $$setting" && \
-	env $$setting VAE_COURSE_SMOKE=1 $(BIN)/python -m pytest $(NBVAL_FLAGS) notebooks
+	env $$setting VAE_COURSE_SMOKE=1 $(BIN)/python -m pytest $(PARALLEL) $(NBVAL_FLAGS) \
+		notebooks
 
 course: $(HTML)
 
