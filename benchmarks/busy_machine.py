@@ -6,8 +6,8 @@ every core busy with spinning processes of its own. Each time is a median of the
 repeats, alternating the thread counts; the busy/quiet ratio is what to read. With
 a core per thread a busy run should take about twice its quiet time (each thread
 shares its core with one spinner); a thread pool whose threads wait on each other
-takes many times longer. It also prints what ``vc.runtime.choose_num_threads``
-picks once the spinners show in the load average.
+takes many times longer. It also prints what ``vc.runtime.set_threads`` picks
+while the spinners run (it measures the busy cores, as ``vc.setup`` does).
 
     python benchmarks/busy_machine.py --steps 100 --repeats 3
 """
@@ -57,7 +57,7 @@ def main() -> None:
     cores = vc.runtime.usable_cores()
     thread_counts = sorted({1, cores})
     background = vc.runtime.machine_load()
-    print(f"{cores} usable cores, load average {background:.1f} before the spinners; "
+    print(f"{cores} usable cores, {background:.1f} busy before the spinners; "
           f"{args.steps} steps per run, median of {args.repeats}")
     quiet = medians(images, thread_counts, args.repeats)
     spinners = [multiprocessing.Process(target=spin, daemon=True) for _ in range(cores)]
@@ -65,6 +65,8 @@ def main() -> None:
         spinner.start()
     try:
         time.sleep(1.0)
+        # What vc.setup would pick now: the spinners keep every core busy.
+        chosen = vc.runtime.choose_num_threads(cores, vc.runtime.machine_load())
         busy = medians(images, thread_counts, args.repeats)
     finally:
         for spinner in spinners:
@@ -75,9 +77,7 @@ def main() -> None:
         print(f"{threads} thread(s): {quiet[threads]:.2f} s as the machine was, "
               f"{busy[threads]:.2f} s with {cores} spinners: "
               f"{busy[threads] / quiet[threads]:.1f}x")
-    # The load average lags by a minute; count the spinners in as it will.
-    chosen = vc.runtime.choose_num_threads(cores, background + cores)
-    print(f"with the spinners in the load average, set_threads picks {chosen} "
+    print(f"with the spinners running, set_threads picks {chosen} "
           f"thread(s): {busy[chosen] / quiet[chosen]:.1f}x its time before them, "
           f"{busy[chosen] / quiet[cores]:.1f}x the time of {cores} thread(s) before")
 

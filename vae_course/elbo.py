@@ -78,14 +78,20 @@ def elbo_terms(model, x: torch.Tensor, num_samples: int = 1,
 def _terms_of_checked_pixels(model, x, num_samples, closed_form, labels=None):
     given = label_arguments(model, labels)  # (labels,) or ()
     posterior = model.encode(x, *given)
-    z = posterior.rsample((num_samples,))  # (samples, batch, latent_dim)
-    reconstruction = model.decode(z, *given).log_prob(x).mean(0)  # (batch,)
+    # One draw needs no samples axis: the same numbers, fewer operations per step.
+    sample_shape = (num_samples,) if num_samples > 1 else ()
+    z = posterior.rsample(sample_shape)  # ([samples,] batch, latent_dim)
+
+    def average(values):  # the Monte Carlo average over the draws: (batch,)
+        return values.mean(0) if num_samples > 1 else values
+
+    reconstruction = average(model.decode(z, *given).log_prob(x))  # (batch,)
     if closed_form:
         entropy = entropy_normal(posterior)
         cross_entropy = cross_entropy_standard_normal(posterior)
     else:
-        entropy = -posterior.log_prob(z).mean(0)
-        cross_entropy = -model.prior().log_prob(z).mean(0)
+        entropy = -average(posterior.log_prob(z))
+        cross_entropy = -average(model.prior().log_prob(z))
     kl = cross_entropy - entropy
     return {"reconstruction": reconstruction, "entropy": entropy,
             "cross_entropy": cross_entropy, "kl": kl, "elbo": reconstruction - kl}
@@ -103,8 +109,13 @@ def negative_elbo(model, x: torch.Tensor, beta: float = 1.0, num_samples: int = 
 
 
 def _beta_loss(terms: dict[str, torch.Tensor], beta: float) -> torch.Tensor:
-    """The batch mean of -(reconstruction - beta * KL): the loss both paths train on."""
-    return -(terms["reconstruction"] - beta * terms["kl"]).mean()
+    """The batch mean of -(reconstruction - beta * KL): the loss both paths train on.
+
+    Written as beta * KL - reconstruction, and without the product when beta is 1:
+    the same floats, two operations fewer in each training step.
+    """
+    kl = terms["kl"] if beta == 1 else beta * terms["kl"]
+    return (kl - terms["reconstruction"]).mean()
 
 
 @contextlib.contextmanager

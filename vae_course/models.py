@@ -97,6 +97,8 @@ class VAE(nn.Module):
     def decode_logits(self, z: torch.Tensor) -> torch.Tensor:
         """The decoder's outputs for latent codes (..., latent_dim): (..., 784)
         logits, or (..., 2 * 784) locations and log-scales for two per pixel."""
+        if z.dim() == 2:  # (batch, latent_dim): the layers take it as it is
+            return self.decoder(z)
         leading = z.shape[:-1]
         logits = self.decoder(z.reshape(-1, z.shape[-1]))  # (n, outputs)
         return logits.reshape(*leading, logits.shape[-1])  # (..., outputs)

@@ -4,8 +4,9 @@ The Deep Bayes tutorial fed the model through a DataLoader that turned every ima
 into a tensor one by one; most of each epoch went there. Here an epoch is a
 ``randperm`` and a slice per step, and the only per-step work is the model's own:
 the pixels are checked once before training rather than at every step, and the
-loss is looked at (which makes the CPU wait for the device) every
-``CHECK_EVERY`` steps rather than after each one.
+terms of the ELBO are summed and looked at (which makes the CPU wait for the
+device) every ``CHECK_EVERY`` steps, all of those steps in one call, rather than
+after each one.
 """
 
 from __future__ import annotations
@@ -154,11 +155,12 @@ def _train_epoch(model, optimizer, images, *, batch_size, binarize, beta, warmup
                  epoch, step_offset, bar, label_rows=None,
                  iwae_samples=1) -> dict[str, float]:
     num_steps = math.ceil(len(images) / batch_size)
-    # Each step's loss and its sums of the three terms, left on the device until
-    # they are looked at: (num_steps, 4).
-    sums = torch.zeros(num_steps, 4, device=images.device)
+    # Each step's per-image terms (reconstruction, entropy, cross-entropy), left on
+    # the device and summed only when they are looked at: a step adds no work of
+    # its own to the model's.
+    records: list[tuple[torch.Tensor, ...]] = []
+    sums = []  # (steps, 3) blocks of the records looked at so far
     order = torch.randperm(len(images), device=images.device)
-    looked_at = 0
     for step in range(1, num_steps + 1):
         start = (step - 1) * batch_size
         indices = order[start:start + batch_size]
@@ -177,33 +179,54 @@ def _train_epoch(model, optimizer, images, *, batch_size, binarize, beta, warmup
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        with torch.no_grad():
-            sums[step - 1] = torch.stack((
-                loss, terms["reconstruction"].sum(), terms["entropy"].sum(),
-                terms["cross_entropy"].sum()))
+        records.append((terms["reconstruction"].detach(), terms["entropy"].detach(),
+                        terms["cross_entropy"].detach()))
         if step % CHECK_EVERY == 0 or step == num_steps:
-            _check_finite(sums, looked_at, step, epoch)
-            bar.update(step - looked_at)
-            bar.set_postfix(epoch=epoch, loss=f"{sums[step - 1, 0].item():.2f}")
-            looked_at = step
+            looked_at = step - len(records)
+            block = _step_sums(records)  # (steps, 3)
+            _check_finite(block, looked_at, epoch)
+            sums.append(block)
+            records = []
+            reconstruction, entropy, cross_entropy = block[-1].tolist()
+            last_loss = (cross_entropy - entropy - reconstruction) / len(batch)
+            bar.update(len(block))
+            bar.set_postfix(epoch=epoch, loss=f"{last_loss:.2f}")
     # Sum in float64 so that the epoch's mean does not depend on the step count.
-    loss, reconstruction, entropy, cross_entropy = sums.double().sum(0).tolist()
+    reconstruction, entropy, cross_entropy = torch.cat(sums).double().sum(0).tolist()
     totals = {"reconstruction": reconstruction, "entropy": entropy,
               "cross_entropy": cross_entropy, "kl": cross_entropy - entropy,
               "loss": cross_entropy - entropy - reconstruction}  # the true -ELBO
     return {name: totals[name] / len(images) for name in TERMS}
 
 
-def _check_finite(sums, first, last, epoch) -> None:
-    """Raise at the first step in ``first + 1 .. last`` whose numbers are not finite."""
-    finite = torch.isfinite(sums[first:last]).all(1)  # (last - first,)
+def _step_sums(records) -> torch.Tensor:
+    """Each step's sums over its images of the three terms: (steps, 3).
+
+    The full batches are stacked and summed in one call, a smaller last batch alone.
+    """
+    size = len(records[0][0])
+    full = [record for record in records if len(record[0]) == size]
+    rest = [record for record in records if len(record[0]) != size]
+    blocks = []
+    if full:  # (steps, 3, batch) -> (steps, 3)
+        # (steps, batch) for each term
+        by_term = [torch.stack(term) for term in zip(*full, strict=True)]
+        blocks.append(torch.stack(by_term, 1).sum(-1))
+    blocks += [torch.stack(record).sum(-1)[None] for record in rest]  # (1, 3) each
+    return torch.cat(blocks)
+
+
+def _check_finite(sums, looked_at, epoch) -> None:
+    """Raise at the first step after ``looked_at`` whose terms are not finite."""
+    finite = torch.isfinite(sums).all(1)  # (steps,)
     if bool(finite.all()):
         return
     index = int((~finite).nonzero()[0])
-    loss = sums[first + index, 0].item()
+    reconstruction, entropy, cross_entropy = sums[index].tolist()
     raise FloatingPointError(
-        f"training diverged at epoch {epoch}, step {first + index + 1} (the loss "
-        f"became {loss}); try a smaller learning rate")
+        f"training diverged at epoch {epoch}, step {looked_at + index + 1} (the "
+        f"negative ELBO became {cross_entropy - entropy - reconstruction}); try a "
+        "smaller learning rate")
 
 
 def _diverged(epoch: int, what: str) -> FloatingPointError:
