@@ -2,8 +2,8 @@
 
 Training: three loops train the same default model (784-100-100-64 / 32-100-100-784,
 batch 100, Adam 1e-3, dynamic binarization of every batch), alternating epochs so
-that the load of the machine hits them alike, and the median of the train seconds
-per epoch is compared:
+that the load of the machine hits them alike; each epoch's time is divided by its
+neighbour's, in wall-clock and in CPU seconds, and the median ratio reported:
 
 - the Deep Bayes tutorial's loop: torchvision DataLoaders converting every image
   from PIL with ``ToTensor`` on every pass, and the course's ``negative_elbo``;
@@ -100,20 +100,40 @@ def compare_training(epochs: int, batch_size: int) -> None:
         "hand-written loop": lambda: handwritten_epoch(hand_model, hand_optimizer,
                                                        images, batch_size),
     }
-    times = {name: [] for name in contenders}
+    wall = {name: [] for name in contenders}
+    cpu = {name: [] for name in contenders}
     print(f"\ntraining: {torch.get_num_threads()} thread(s), {len(images)} images, "
-          f"batch {batch_size}, train seconds per epoch")
+          f"batch {batch_size}, train seconds per epoch (wall clock)")
     for epoch in range(1, epochs + 1):
         for name, run_epoch in contenders.items():
-            times[name].append(run_epoch())
+            seconds, cpu_seconds = timed(run_epoch)
+            wall[name].append(seconds)
+            cpu[name].append(cpu_seconds)
         print(f"epoch {epoch}: " + ", ".join(f"{name} {seconds[-1]:.2f} s"
-                                             for name, seconds in times.items()))
-    medians = {name: statistics.median(seconds) for name, seconds in times.items()}
+                                             for name, seconds in wall.items()))
     print(f"median of {epochs} epochs: " + ", ".join(
-        f"{name} {median:.2f} s" for name, median in medians.items()))
-    fit_median = medians["vc.train.fit"]
-    print(f"DataLoader loop / fit: {medians['DataLoader loop'] / fit_median:.2f}x")
-    print(f"fit / hand-written loop: {fit_median / medians['hand-written loop']:.3f}x")
+        f"{name} {statistics.median(seconds):.2f} s" for name, seconds in wall.items()))
+    # Each epoch's ratio to its neighbour in time: a load that drifts over the run
+    # hits both alike. CPU seconds (this process's, all threads) also leave out the
+    # time other programs held the cores.
+    for slower, faster in (("DataLoader loop", "vc.train.fit"),
+                           ("vc.train.fit", "hand-written loop")):
+        print(f"{slower} / {faster}: {paired_ratio(wall, slower, faster):.3f}x wall "
+              f"clock, {paired_ratio(cpu, slower, faster):.3f}x CPU time "
+              f"(median of {epochs} paired epochs)")
+
+
+def timed(run) -> tuple[float, float]:
+    """Wall-clock and CPU seconds (this process, all its threads) of ``run()``."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    run()
+    return time.perf_counter() - wall, time.process_time() - cpu
+
+
+def paired_ratio(seconds: dict[str, list[float]], numerator: str,
+                 denominator: str) -> float:
+    return statistics.median(a / b for a, b in zip(seconds[numerator],
+                                                   seconds[denominator], strict=True))
 
 
 def operator_calls(run) -> int:
@@ -154,15 +174,14 @@ def decoder_flops(model) -> int:
                for layer in model.decoder if isinstance(layer, torch.nn.Linear))
 
 
-def matmul_rate(size: int = 2048, repeats: int = 5) -> float:
+def matmul_rate(size: int = 2048, repeats: int = 5) -> tuple[float, float]:
+    """FLOP/s of a size x size matmul: per wall-clock second, per CPU second."""
     a, b = torch.randn(size, size), torch.randn(size, size)
     a @ b  # warm the kernels up
-    seconds = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        a @ b
-        seconds.append(time.perf_counter() - started)
-    return 2 * size**3 / statistics.median(seconds)
+    times = [timed(lambda: a @ b) for _ in range(repeats)]
+    flops = 2 * size**3
+    return (flops / statistics.median(wall for wall, _ in times),
+            flops / statistics.median(cpu for _, cpu in times))
 
 
 def compare_log_likelihood(num_images: int, num_samples: int, repeats: int) -> None:
@@ -179,15 +198,16 @@ def compare_log_likelihood(num_images: int, num_samples: int, repeats: int) -> N
     for name, model in models.items():
         model.eval()
         flops = decoder_flops(model) * num_samples * num_images
-        ratios = []
+        wall_ratios, cpu_ratios = [], []
         for _ in range(repeats):
-            rate = matmul_rate()
-            started = time.perf_counter()
-            vc.evaluate.importance_weighted_log_likelihood(model, images,
-                                                           num_samples=num_samples)
-            seconds = time.perf_counter() - started
-            ratios.append(flops / seconds / rate)
-        print(f"{name}: {statistics.median(ratios):.0%} of the matmul rate "
+            rate, cpu_rate = matmul_rate()
+            seconds, cpu_seconds = timed(
+                lambda model=model: vc.evaluate.importance_weighted_log_likelihood(
+                    model, images, num_samples=num_samples))
+            wall_ratios.append(flops / seconds / rate)
+            cpu_ratios.append(flops / cpu_seconds / cpu_rate)
+        print(f"{name}: {statistics.median(wall_ratios):.0%} of the matmul rate in "
+              f"wall-clock time, {statistics.median(cpu_ratios):.0%} in CPU time "
               f"(median of {repeats}; matmul {rate / 1e9:.0f} GFLOP/s, "
               f"last call {seconds:.2f} s)")
 
