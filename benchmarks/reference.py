@@ -5,6 +5,7 @@ markers).
     python benchmarks/reference.py                        # what `make reference` runs
     python benchmarks/reference.py --only best --epochs best=300
     python benchmarks/reference.py --evaluate-only        # the committed models again
+    python benchmarks/reference.py --table-only           # the table from their notes
     python benchmarks/reference.py --only default --epochs default=2 --test-images 200 \\
         --k 50 --no-readme                                 # a quick look
 
@@ -13,13 +14,17 @@ scored on the 10,000 validation images and the best one is kept in ``best.pt``),
 evaluation ``python -m vae_course evaluate best.pt --split test --k 5000 --json``,
 each in a subprocess, so the numbers are exactly what a user of the command line
 gets. The chosen checkpoints, without their optimizer state, are copied into
-``checkpoints/reference/`` with a note of how long they trained and on what, so that
-anyone can re-evaluate them (``--evaluate-only``).
+``checkpoints/reference/`` with a note (``NAME.json``) of how long they trained and on
+what, so that anyone can re-evaluate them (``--evaluate-only``). Each evaluation is
+added to the note with the SHA-256 of the file it scored, so that the table can be
+rebuilt from the committed files alone (``--table-only``) and a note that no longer
+matches its checkpoint is refused.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import platform
@@ -130,6 +135,10 @@ def train(name: str, reference: Reference, epochs: int, args, cli) -> Path:
     return chosen
 
 
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
 def evaluate(name: str, reference: Reference, args, cli) -> dict:
     chosen = args.models / f"{name}.pt"
     args.output.mkdir(parents=True, exist_ok=True)
@@ -139,11 +148,30 @@ def evaluate(name: str, reference: Reference, args, cli) -> dict:
          "--json", str(result_file), "--device", args.device, "--no-progress",
          "--threads", str(args.threads), *limit])
     result = json.loads(result_file.read_text())
+    note_file = args.models / f"{name}.json"
+    note = json.loads(note_file.read_text())
+    note["evaluation"] = {**result, "checkpoint_sha256": digest(chosen)}
+    note_file.write_text(json.dumps(note, indent=1) + "\n")
+    return table_row(name, reference, args.models)
+
+
+def table_row(name: str, reference: Reference, models: Path) -> dict:
+    """A row of the table from a model's checkpoint and its note, as evaluated."""
+    chosen, note_file = models / f"{name}.pt", models / f"{name}.json"
+    for path in (chosen, note_file):
+        if not path.is_file():
+            raise SystemExit(f"no {path}; train the model first (make reference)")
+    note = json.loads(note_file.read_text())
+    result = note.pop("evaluation", None)
+    if result is None:
+        raise SystemExit(f"{note_file} holds no evaluation; run --evaluate-only")
+    if result.pop("checkpoint_sha256", None) != digest(chosen):
+        raise SystemExit(f"the evaluation in {note_file} is of another file than "
+                         f"{chosen}; run --evaluate-only")
     from vae_course.checkpoints import load_checkpoint
 
     _, payload = load_checkpoint(chosen, "cpu")
     history = payload["history"].rows
-    note = json.loads((args.models / f"{name}.json").read_text())
     return {"name": name, "description": reference.description,
             "target": reference.target, "chosen_epoch": len(history),
             "validation_negative_elbo": history[-1]["validation_loss"], **note,
@@ -169,6 +197,8 @@ def main() -> None:
                         help="epochs for a model, e.g. best=300")
     parser.add_argument("--evaluate-only", action="store_true",
                         help="evaluate the models in checkpoints/reference/ as they are")
+    parser.add_argument("--table-only", action="store_true",
+                        help="the table from the evaluations in the models' notes")
     parser.add_argument("--k", type=int, default=5000)
     parser.add_argument("--test-images", type=int, default=None,
                         help="evaluate on the first N test images (default: all)")
@@ -186,14 +216,23 @@ def main() -> None:
     epochs = parse_epochs(args.epochs)
     cli = [sys.executable, "-m", "vae_course"]
     rows = []
+    if args.table_only and args.evaluate_only:
+        raise SystemExit("--table-only and --evaluate-only exclude each other")
     for name in args.only or MODELS:
         reference = MODELS[name]
+        if args.table_only:
+            rows.append(table_row(name, reference, args.models))
+            continue
         if not args.evaluate_only:
             train(name, reference, epochs.get(name, reference.epochs), args, cli)
         elif not (args.models / f"{name}.pt").is_file():
             raise SystemExit(f"no {args.models / name}.pt to evaluate; train it first")
         rows.append(evaluate(name, reference, args, cli))
-    text = table(rows, args.k)
+    ks = {row["k"] for row in rows}
+    if len(ks) != 1:
+        raise SystemExit(f"the models were evaluated with different K ({sorted(ks)}); "
+                         "evaluate them again with one --k")
+    text = table(rows, ks.pop())
     print(text)
     if not args.no_readme:
         readme = REPO / "README.md"

@@ -62,3 +62,66 @@ def test_bad_epoch_pairs_are_refused(pairs):
 def test_epoch_pairs_are_read():
     assert reference.parse_epochs(["best=300", "default=2"]) == {"best": 300,
                                                                  "default": 2}
+
+
+def saved_model(folder, name="default"):
+    """A tiny checkpoint with a two-epoch history, and its note with an evaluation."""
+    import json
+
+    import torch
+
+    from vae_course.checkpoints import save_checkpoint
+    from vae_course.models import build_vae
+    from vae_course.train import History
+
+    torch.manual_seed(0)
+    history = History([{"epoch": 1, "validation_loss": 120.0},
+                       {"epoch": 2, "validation_loss": 110.5}])
+    chosen = save_checkpoint(folder / f"{name}.pt",
+                             build_vae(hidden_sizes=(8,), latent_dim=2),
+                             history=history)
+    evaluation = {"log_likelihood": -104.2, "standard_error": 0.4, "k": 5000,
+                  "images": 10_000, "negative_elbo": 109.9,
+                  "checkpoint_sha256": reference.digest(chosen)}
+    note = {"epochs_trained": 16, "train_seconds": 60.0,
+            "machine": "CPU, 1 thread (x86_64)", "evaluation": evaluation}
+    (folder / f"{name}.json").write_text(json.dumps(note))
+    return chosen
+
+
+def test_a_row_comes_from_the_checkpoint_and_the_evaluation_in_its_note(tmp_path):
+    saved_model(tmp_path)
+    row = reference.table_row("default", reference.MODELS["default"], tmp_path)
+    assert row["chosen_epoch"] == 2 and row["validation_negative_elbo"] == 110.5
+    assert row["log_likelihood"] == -104.2 and row["epochs_trained"] == 16
+    assert "checkpoint_sha256" not in row
+    line = next(line for line in reference.table([row], k=5000).splitlines()
+                if line.startswith("| default"))
+    assert "| 16 (2) |" in line and "104.20 ± 0.40" in line
+
+
+def test_a_note_of_another_checkpoint_or_without_an_evaluation_is_refused(tmp_path):
+    import json
+
+    import torch
+
+    chosen = saved_model(tmp_path)
+    payload = torch.load(chosen, weights_only=False)
+    payload["extra"] = {"changed": True}
+    torch.save(payload, chosen)  # the checkpoint changed after its evaluation
+    with pytest.raises(SystemExit, match="another file"):
+        reference.table_row("default", reference.MODELS["default"], tmp_path)
+    note = json.loads((tmp_path / "default.json").read_text())
+    del note["evaluation"]
+    (tmp_path / "default.json").write_text(json.dumps(note))
+    with pytest.raises(SystemExit, match="no evaluation"):
+        reference.table_row("default", reference.MODELS["default"], tmp_path)
+    with pytest.raises(SystemExit, match="train the model first"):
+        reference.table_row("best", reference.MODELS["best"], tmp_path)
+
+
+def test_the_committed_notes_match_their_checkpoints():
+    for chosen in sorted(reference.COMMITTED.glob("*.pt")):
+        row = reference.table_row(chosen.stem, reference.MODELS[chosen.stem],
+                                  reference.COMMITTED)
+        assert row["images"] == 10_000 and row["k"] == 5000, chosen.name
