@@ -20,6 +20,7 @@ from vae_course.distributions import (
     NUM_LEVELS,
     DiscretizedLogistic,
     GreyPixelsError,
+    IndependentBernoulli,
     check_pixels,
     likelihood_from_logits,
     posterior_from_encoder,
@@ -321,3 +322,27 @@ def test_pixels_between_the_256_levels_are_refused(generator):
     with pytest.raises(ValueError):  # torch's own support check agrees
         DiscretizedLogistic(torch.zeros(3), torch.ones(3)).log_prob(
             torch.tensor([0.0, 0.5, 1.0]))
+
+
+@pytest.mark.parametrize("logits_shape", [(6, 784), (3, 6, 784)])
+def test_independent_bernoulli_gives_torch_distributions_floats_bit_for_bit(
+        logits_shape):
+    generator = torch.Generator().manual_seed(0)
+    logits = (torch.randn(logits_shape, generator=generator) * 8).requires_grad_()
+    x = torch.bernoulli(torch.full((6, 784), 0.4), generator=generator)
+    reference = Independent(Bernoulli(logits=logits), 1).log_prob(x)
+    (reference_grad,) = torch.autograd.grad(reference.sum(), logits)
+    ours = IndependentBernoulli(Bernoulli(logits=logits), 1).log_prob(x)
+    (our_grad,) = torch.autograd.grad(ours.sum(), logits)
+    assert ours.shape == logits_shape[:-1]
+    assert torch.equal(ours, reference) and torch.equal(our_grad, reference_grad)
+
+
+def test_independent_bernoulli_refuses_grey_pixels_as_bernoulli_does():
+    logits, grey = torch.zeros(2, 784), torch.full((2, 784), 0.5)
+    with pytest.raises(ValueError) as reference:
+        Independent(Bernoulli(logits=logits, validate_args=True), 1).log_prob(grey)
+    with pytest.raises(ValueError) as ours:
+        IndependentBernoulli(Bernoulli(logits=logits, validate_args=True),
+                             1).log_prob(grey)
+    assert str(ours.value) == str(reference.value)

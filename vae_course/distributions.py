@@ -22,6 +22,7 @@ from torch.distributions import (
     Normal,
     constraints,
 )
+from torch.distributions.utils import broadcast_all
 
 from .data import check_pixel_values
 
@@ -59,6 +60,25 @@ def posterior_from_encoder(encoder_output: torch.Tensor) -> Independent:
         )
     loc, log_scale = encoder_output.chunk(2, dim=-1)  # (batch, latent_dim) each
     return Independent(Normal(loc, log_scale.exp()), 1)
+
+
+class IndependentBernoulli(Independent):
+    """``Independent(Bernoulli(logits=logits), 1)``, built as
+    ``IndependentBernoulli(Bernoulli(logits=logits), 1)``: one Bernoulli per pixel.
+
+    Everything is Independent's and Bernoulli's but ``log_prob``, which changes the
+    sign after summing the pixels rather than before. That gives the same floats
+    (a sum of negated numbers is the negated sum) with one pass over every pixel
+    fewer, forward and backward: a few percent of a small model's training step.
+    """
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        base = self.base_dist
+        if base._validate_args:
+            base._validate_sample(value)  # Bernoulli's own check and message
+        logits, value = broadcast_all(base.logits, value)
+        return -F.binary_cross_entropy_with_logits(logits, value,
+                                                   reduction="none").sum(-1)
 
 
 class _GreyLevels(constraints.Constraint):
@@ -195,7 +215,7 @@ def likelihood_from_logits(logits: torch.Tensor, kind: str = "bernoulli") -> Ind
     log-scales (clamped to :data:`LOG_SCALE_RANGE`).
     """
     if kind == "bernoulli":
-        return Independent(Bernoulli(logits=logits), 1)
+        return IndependentBernoulli(Bernoulli(logits=logits), 1)
     if kind == "continuous_bernoulli":
         return Independent(ContinuousBernoulli(logits=logits), 1)
     if kind == "discretized_logistic":
