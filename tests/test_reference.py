@@ -125,3 +125,13 @@ def test_the_committed_notes_match_their_checkpoints():
         row = reference.table_row(chosen.stem, reference.MODELS[chosen.stem],
                                   reference.COMMITTED)
         assert row["images"] == 10_000 and row["k"] == 5000, chosen.name
+
+
+def test_the_readme_table_is_the_one_the_committed_notes_give():
+    rows = [reference.table_row(name, model, reference.COMMITTED)
+            for name, model in reference.MODELS.items()
+            if (reference.COMMITTED / f"{name}.pt").is_file()]
+    assert rows, "no committed reference models"
+    readme = (reference.REPO / "README.md").read_text()
+    inside = readme.split(reference.START, 1)[1].split(reference.END, 1)[0]
+    assert inside.strip() == reference.table(rows, 5000).strip()
