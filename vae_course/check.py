@@ -131,6 +131,14 @@ def _call(report: _Report, fn: Callable, *args, what: str = "your function runs"
         return _Crashed()
 
 
+@contextmanager
+def _seeded():
+    """Draw from a stream seeded with 0, and leave the learner's own stream as it was."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        yield
+
+
 def _require_callable(fn) -> None:
     if not callable(fn):
         raise TypeError(f"pass your function itself (no parentheses); "
@@ -296,8 +304,7 @@ def reparameterize(fn: Callable) -> bool:
     """
     _require_callable(fn)
     report = _Report("Checking the reparameterized draw, called as fn(mu, log_var):")
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
+    with _seeded():
         return _check_reparameterize(fn, report)
 
 
@@ -571,8 +578,7 @@ def _default_model_and_images(num_classes: int | None = None):
 
     ``num_classes`` builds the same model as a conditional VAE.
     """
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
+    with _seeded():
         model = build_vae(latent_dim=4, hidden_sizes=(32,), num_classes=num_classes)
     generator = torch.Generator().manual_seed(1)
     with torch.no_grad():
@@ -735,8 +741,7 @@ def _on_model(model, images, title: str, check: Callable) -> bool:
     report = _Report(title.format(len(images)))
     was_training = model.training
     try:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(0)
+        with _seeded():
             return check(model, images, report)
     finally:
         model.train(was_training)
@@ -871,8 +876,7 @@ def encoder_head(head: Callable, in_features: int, latent_dim: int) -> bool:
     _require_callable(head)
     report = _Report(f"Checking the encoder head, called as head(h) on h of shape "
                      f"(5, {in_features}):")
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
+    with _seeded():
         hidden = torch.randn(5, in_features).relu()  # like the output of a ReLU layer
     parameters = list(head.parameters()) if hasattr(head, "parameters") else []
     device = parameters[0].device if parameters else torch.device("cpu")
@@ -1070,8 +1074,7 @@ def interpolation(fn: Callable, model=None) -> bool:
                      f"steps={steps}):")
     was_training = model.training
     try:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(0)
+        with _seeded():
             model.eval()
             _check_interpolation(report, fn, model, x_a, x_b, steps)
     finally:
@@ -1275,8 +1278,7 @@ def log_likelihood_estimate(fn: Callable, num_samples: int = 1000) -> bool:
     exact = model.exact_log_likelihood(x)
     report = _Report(f"Checking the log-likelihood estimate, called as fn(model, x, K) "
                      f"on {len(x)} images with exact log p(x) near {exact.mean():.0f}:")
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
+    with _seeded():
         return _check_estimate(fn, model, x, exact, num_samples, report)
 
 
@@ -1418,8 +1420,7 @@ def conditional_negative_elbo(fn: Callable, model=None,
         for name in seen]
     was_training = model.training
     try:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(0)
+        with _seeded():
             model.train()
             loss = _loss_value(report, lambda m, x: fn(m, x, labels), model, images,
                                "your function runs")
@@ -1562,8 +1563,7 @@ def monte_carlo_kl(fn: Callable, rows: int = 4000) -> bool:
     """
     _require_callable(fn)
     report = _Report("Checking the Monte Carlo KL, called as fn(posterior, prior):")
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
+    with _seeded():
         return _check_monte_carlo_kl(fn, report, rows)
 
 
@@ -1838,8 +1838,7 @@ def iwae_bound(fn: Callable, num_samples: int = 10, num_calls: int = 200) -> boo
     model, images = _default_model_and_images()
     report = _Report(f"Checking the k-sample bound, called as fn(model, x, "
                      f"{num_samples}) on {len(images)} images:")
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
+    with _seeded():
         return _check_iwae_bound(fn, model, images, num_samples, num_calls, report)
 
 
@@ -1953,8 +1952,7 @@ def _compare_with_the_bound(report, model, images, k, draws) -> None:
 
 def _two_latent_cases():
     """A small 2-D model, an image whose posterior is near the origin, one far out."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
+    with _seeded():
         model = build_vae(latent_dim=2, hidden_sizes=(16,)).eval()
     generator = torch.Generator().manual_seed(1)
     with torch.no_grad():
@@ -2360,8 +2358,7 @@ def _check_trains(report: _Report, model: VAE, images: torch.Tensor) -> None:
             "every parameter")
     named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
     try:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(0)
+        with _seeded():
             loss, _ = reference_negative_elbo(model, images)
         gradients = torch.autograd.grad(loss, [p for _, p in named], allow_unused=True)
     except Exception as error:  # a learner's bug, reported rather than raised
