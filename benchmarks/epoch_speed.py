@@ -32,8 +32,7 @@ from torchvision import datasets, transforms
 import vae_course as vc
 
 
-def dataloader_epoch(model, optimizer, train_loader) -> float:
-    started = time.perf_counter()
+def dataloader_epoch(model, optimizer, train_loader) -> None:
     model.train()
     for images, _ in train_loader:
         batch = vc.data.binarize(images.reshape(-1, 784))  # (batch, 784)
@@ -41,11 +40,9 @@ def dataloader_epoch(model, optimizer, train_loader) -> float:
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-    return time.perf_counter() - started
 
 
-def handwritten_epoch(model, optimizer, images, batch_size) -> float:
-    started = time.perf_counter()
+def handwritten_epoch(model, optimizer, images, batch_size) -> None:
     model.train()
     order = torch.randperm(len(images))
     for start in range(0, len(images), batch_size):
@@ -60,7 +57,6 @@ def handwritten_epoch(model, optimizer, images, batch_size) -> float:
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-    return time.perf_counter() - started
 
 
 class FitEpochs:
@@ -71,13 +67,11 @@ class FitEpochs:
         self.optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
         self.history = None
 
-    def __call__(self) -> float:
-        started = time.perf_counter()
+    def __call__(self) -> None:
         epochs = 1 + (len(self.history) if self.history is not None else 0)
         self.history = vc.train.fit(self.model, self.images, num_epochs=epochs,
                                     batch_size=self.batch_size, progress=False,
                                     history=self.history, optimizer=self.optimizer)
-        return time.perf_counter() - started
 
 
 def compare_training(epochs: int, batch_size: int) -> None:
