@@ -107,6 +107,28 @@ def test_conv_models_round_trip(tmp_path, images):
     assert torch.equal(loaded.reconstruct(images), model.reconstruct(images))
 
 
+def test_a_conv_model_keeps_its_channels_and_a_file_saved_without_them_means_32(
+        tmp_path, images):
+    narrow = small_model(architecture="conv", channels=4)
+    loaded, _ = load_checkpoint(save_checkpoint(tmp_path / "narrow.pt", narrow))
+    assert loaded.config["channels"] == 4
+    assert torch.equal(loaded.reconstruct(images), narrow.reconstruct(images))
+    # A conv file from before the config recorded channels: the course's width.
+    model = small_model(architecture="conv")
+    path = save_checkpoint(tmp_path / "old.pt", model)
+    payload = torch.load(path, weights_only=False)
+    del payload["config"]["channels"]
+    torch.save(payload, path)
+    loaded, _ = load_checkpoint(path)
+    assert loaded.config["channels"] == 32
+    assert torch.equal(loaded.reconstruct(images), model.reconstruct(images))
+    other = small_model(architecture="conv", seed=1)
+    load_weights_into(other, path)
+    assert torch.equal(other.reconstruct(images), model.reconstruct(images))
+    with pytest.raises(CheckpointError, match="saved from"):
+        load_weights_into(small_model(architecture="conv", channels=4), path)
+
+
 def test_load_weights_into_a_model_of_the_same_config(saved, images):
     model, path = saved
     other = small_model(seed=1)

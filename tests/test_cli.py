@@ -88,7 +88,8 @@ def test_train_help_lists_every_flag(capsys):
     for flag in ("--epochs", "--batch-size", "--latent-dim", "--hidden-sizes", "--lr",
                  "--seed", "--device", "--dataset", "--likelihood", "--data-root",
                  "--output", "--resume", "--overwrite", "--no-progress", "--beta",
-                 "--architecture", "--warmup-epochs", "--eval-k", "--iwae-samples"):
+                 "--architecture", "--warmup-epochs", "--eval-k", "--iwae-samples",
+                 "--channels"):
         assert flag in text, flag
     assert "default: 16" in text  # defaults are stated
     assert "continuous_bernoulli" in text and "fashion-mnist" in text
@@ -421,6 +422,7 @@ def test_resume_trains_on_the_saved_dataset(capsys, fake_data, tmp_path):
     (["--likelihood", "continuous_bernoulli"], "--likelihood"),
     (["--architecture", "conv"], "--architecture"),
     (["--iwae-samples", "3"], "--iwae-samples"),
+    (["--channels", "8"], "--channels"),
 ])
 def test_resume_refuses_a_flag_that_conflicts_with_the_saved_run(capsys, fake_data,
                                                                  tmp_path, flags, flag):
@@ -676,3 +678,23 @@ def test_a_run_saved_without_iwae_samples_resumes_as_a_vae(capsys, fake_data, tm
     _, payload = load_checkpoint(folder / "checkpoint.pt")
     assert payload["extra"]["settings"]["iwae_samples"] == 1
     assert len(payload["history"]) == 2
+
+
+def test_channels_set_the_width_of_a_conv_run_and_are_refused_for_an_mlp(
+        capsys, fake_data, tmp_path):
+    folder = tmp_path / "conv"
+    status, _, err = run(["train", "--epochs", "1", "--architecture", "conv",
+                          "--channels", "4", "--latent-dim", "2", "--batch-size",
+                          "50", "--device", "cpu", "--no-progress", "--output",
+                          folder], capsys)
+    assert status == 0, err
+    model, _ = load_checkpoint(folder / "best.pt")
+    assert model.config["channels"] == 4
+    assert model.encoder[1].out_channels == 4 and model.encoder[3].out_channels == 8
+    fake_data.clear()
+    status, _, err = run(["train", "--epochs", "1", "--channels", "4", "--output",
+                          tmp_path / "mlp", *TINY], capsys)
+    assert status == 2
+    assert_one_clean_line(err)
+    assert "--channels" in err[0] and "--hidden-sizes" in err[0]
+    assert fake_data == [] and not (tmp_path / "mlp").exists()

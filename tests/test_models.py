@@ -85,6 +85,28 @@ def test_conv_networks_map_images_to_codes_and_back(images):
     assert decoder(torch.randn(5, 6)).shape == (5, IMAGE_SIZE)
 
 
+def test_conv_channels_set_its_width_and_are_recorded_in_its_config(images):
+    default, narrow = build_vae("conv"), build_vae("conv", channels=8)
+    assert default.config["channels"] == 32 and narrow.config["channels"] == 8
+    widths = [layer.out_channels for layer in narrow.modules()
+              if isinstance(layer, nn.Conv2d | nn.ConvTranspose2d)]
+    assert widths == [8, 16, 8, 1]  # encoder, then decoder
+    assert narrow.decoder(torch.randn(5, 32)).shape == (5, IMAGE_SIZE)
+    assert narrow.encode(images).mean.shape == (5, 32)
+    assert "channels" not in build_vae().config  # an MLP has no channels
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"channels": 8}, "conv architecture"),
+    ({"architecture": "conv", "channels": 0}, "channels"),
+    ({"architecture": "conv", "channels": 2.0}, "channels"),
+    ({"architecture": "conv", "channels": True}, "channels"),
+])
+def test_bad_channels_are_refused(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        build_vae(**kwargs)
+
+
 @pytest.mark.parametrize("architecture", ["mlp", "conv"])
 @pytest.mark.parametrize("likelihood", ["bernoulli", "continuous_bernoulli",
                                         "discretized_logistic"])

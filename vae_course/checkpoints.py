@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .models import VAE, build_vae
+from .models import CONV_CHANNELS, VAE, build_vae
 from .runtime import smoke_test
 from .train import History
 
@@ -234,10 +234,11 @@ def load_weights_into(model: VAE, path) -> VAE:
     """Load a checkpoint's weights into an existing model of the same architecture."""
     path = Path(path)
     payload = _read(path)
-    if payload["config"] != model.config:
-        raise CheckpointError(
-            f"{path} was saved from {payload['config']}, not {model.config}"
-        )
+    saved = dict(payload["config"])
+    if saved.get("architecture") == "conv":  # files from before conv widths were saved
+        saved.setdefault("channels", CONV_CHANNELS)
+    if saved != model.config:
+        raise CheckpointError(f"{path} was saved from {saved}, not {model.config}")
     problem = _shape_problem(model.state_dict(), payload["state_dict"])
     if problem:
         raise CheckpointError(f"{path} does not match its config: {problem}")

@@ -32,7 +32,7 @@ from .checkpoints import (
 from .data import DATASETS, DataCorruptError, DataNotFoundError, load_mnist
 from .distributions import LIKELIHOODS
 from .evaluate import evaluate_elbo, importance_weighted_log_likelihood
-from .models import ARCHITECTURES, build_vae, is_conditional
+from .models import ARCHITECTURES, CONV_CHANNELS, build_vae, is_conditional
 from .runtime import default_device, seed_everything, set_threads
 from .train import check_number, fit
 
@@ -41,11 +41,12 @@ CHECKPOINT = "checkpoint.pt"
 BEST = "best.pt"
 # What a training run is made of: saved in its checkpoint, and on --resume taken
 # from there (the model's config holds the first four, the settings the rest).
-MODEL_SETTINGS = ("architecture", "latent_dim", "hidden_sizes", "likelihood")
+MODEL_SETTINGS = ("architecture", "latent_dim", "hidden_sizes", "likelihood",
+                  "channels")
 RUN_SETTINGS = ("dataset", "batch_size", "lr", "beta", "warmup_epochs", "seed",
                 "iwae_samples")
 TRAIN_DEFAULTS = {"epochs": 16, "batch_size": 100, "latent_dim": 32,
-                  "hidden_sizes": [100, 100], "architecture": "mlp",
+                  "hidden_sizes": [100, 100], "architecture": "mlp", "channels": None,
                   "likelihood": "bernoulli", "lr": 1e-3, "beta": 1.0,
                   "warmup_epochs": 0.0, "dataset": "mnist", "seed": 0,
                   "iwae_samples": 1}
@@ -135,6 +136,10 @@ def build_parser() -> argparse.ArgumentParser:
                             "mirrors them (default: 100 100)")
     train.add_argument("--architecture", choices=ARCHITECTURES, default=None,
                        help="multilayer perceptron or convolutional (default: mlp)")
+    train.add_argument("--channels", type=_number(int), default=None,
+                       help="width of the conv architecture: channels of its first "
+                            "convolution, the second has twice as many (default: "
+                            f"{CONV_CHANNELS})")
     train.add_argument("--likelihood", choices=LIKELIHOODS, default=None,
                        help="pixel model; bernoulli binarizes the images afresh "
                             "every batch, the other two take the grey levels "
@@ -299,6 +304,13 @@ def _refuse_conflicts(explicit: dict, saved: dict) -> None:
                 "another --output)")
 
 
+def _refuse_channels(explicit: dict, architecture: str, whose: str) -> None:
+    if "channels" in explicit and architecture != "conv":
+        raise UsageError(f"--channels sets the width of the conv architecture, but "
+                         f"{whose} model is an {architecture}; its widths are "
+                         "--hidden-sizes")
+
+
 def _memory_bytes(device: torch.device) -> int | None:
     """The memory of ``device`` in bytes, where it can be known."""
     if device.type == "cuda":
@@ -340,6 +352,7 @@ def run_train(args) -> int:
     if args.resume:
         model, payload = load_checkpoint(checkpoint, args.device)
         settings = _saved_settings(checkpoint, payload)
+        _refuse_channels(explicit, model.config["architecture"], "the saved run's")
         _refuse_conflicts(explicit, {**settings, **model.config})
         history = payload["history"]
         if num_epochs <= len(history):
@@ -356,9 +369,11 @@ def run_train(args) -> int:
             raise UsageError("--iwae-samples above 1 trains on the k-sample bound, "
                              "which has no KL term to weight: leave out --beta and "
                              "--warmup-epochs")
+        _refuse_channels(explicit, chosen["architecture"], "this run's")
         seed_everything(settings["seed"])
-        model = _build_model({name: chosen[name] for name in MODEL_SETTINGS},
-                             args.device)
+        config = {name: chosen[name] for name in MODEL_SETTINGS
+                  if chosen[name] is not None}  # an MLP has no channels
+        model = _build_model(config, args.device)
         history, optimizer = None, None
     done = len(history) if history is not None else 0
     train_images, _ = load_mnist("train", settings["dataset"], args.data_root)

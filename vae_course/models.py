@@ -23,6 +23,7 @@ from .distributions import (
 
 IMAGE_SIZE = 28 * 28
 ARCHITECTURES = ("mlp", "conv")
+CONV_CHANNELS = 32  # the conv architecture's width unless build_vae is told another
 
 
 def mlp(sizes: Sequence[int]) -> nn.Sequential:
@@ -35,7 +36,7 @@ def mlp(sizes: Sequence[int]) -> nn.Sequential:
     return nn.Sequential(*layers[:-1])
 
 
-def conv_encoder(latent_dim: int, channels: int = 32) -> nn.Sequential:
+def conv_encoder(latent_dim: int, channels: int = CONV_CHANNELS) -> nn.Sequential:
     """(batch, 784) -> (batch, 2 * latent_dim) through two strided convolutions."""
     return nn.Sequential(
         nn.Unflatten(1, (1, 28, 28)),
@@ -48,7 +49,7 @@ def conv_encoder(latent_dim: int, channels: int = 32) -> nn.Sequential:
     )
 
 
-def conv_decoder(latent_dim: int, channels: int = 32,
+def conv_decoder(latent_dim: int, channels: int = CONV_CHANNELS,
                  outputs_per_pixel: int = 1) -> nn.Sequential:
     """(batch, latent_dim) -> (batch, outputs_per_pixel * 784), mirroring the encoder.
 
@@ -229,7 +230,8 @@ def label_arguments(model, labels: torch.Tensor | None) -> tuple:
 
 def build_vae(architecture: str = "mlp", latent_dim: int = 32,
               hidden_sizes: Sequence[int] = (100, 100),
-              likelihood: str = "bernoulli", num_classes: int | None = None) -> VAE:
+              likelihood: str = "bernoulli", num_classes: int | None = None,
+              channels: int | None = None) -> VAE:
     """The course's VAE; the default is the MLP 784-100-100-64 / 32-100-100-784.
 
     ``num_classes=10`` builds the same MLP as a :class:`ConditionalVAE`, whose two
@@ -237,11 +239,21 @@ def build_vae(architecture: str = "mlp", latent_dim: int = 32,
 
     The decoder has one output per pixel for the Bernoulli likelihoods and two for
     ``likelihood="discretized_logistic"`` (32-100-100-1568).
+
+    ``channels`` is the width of the conv architecture (its first convolution; the
+    second has twice as many), 32 unless given; the MLP has none. A conv model's
+    config records it, and a config saved before it did means 32.
     """
     if architecture not in ARCHITECTURES:
         raise ValueError(f"unknown architecture {architecture!r}; choose one of "
                          f"{ARCHITECTURES}")
-    for name, value in [("latent_dim", latent_dim)] + [
+    if architecture != "conv" and channels is not None:
+        raise ValueError(f"channels={channels!r} sets the width of the conv "
+                         "architecture; the MLP's widths are its hidden_sizes")
+    if architecture == "conv" and channels is None:
+        channels = CONV_CHANNELS
+    widths = [("channels", channels)] if architecture == "conv" else []
+    for name, value in [("latent_dim", latent_dim), *widths] + [
             ("hidden_sizes", size) for size in hidden_sizes]:
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
             raise ValueError(f"{name} must hold positive integers; got {value!r}")
@@ -252,14 +264,16 @@ def build_vae(architecture: str = "mlp", latent_dim: int = 32,
     outputs = OUTPUTS_PER_PIXEL[likelihood]
     config = {"architecture": architecture, "latent_dim": latent_dim,
               "hidden_sizes": hidden_sizes, "likelihood": likelihood}
+    if architecture == "conv":
+        config["channels"] = channels
     if num_classes is not None:
         return _build_conditional(config, num_classes)
     if architecture == "mlp":
         encoder = mlp([IMAGE_SIZE, *hidden_sizes, 2 * latent_dim])
         decoder = mlp([latent_dim, *reversed(hidden_sizes), outputs * IMAGE_SIZE])
     else:
-        encoder = conv_encoder(latent_dim)
-        decoder = conv_decoder(latent_dim, outputs_per_pixel=outputs)
+        encoder = conv_encoder(latent_dim, channels)
+        decoder = conv_decoder(latent_dim, channels, outputs_per_pixel=outputs)
     return VAE(encoder, decoder, latent_dim, likelihood, config)
 
 
