@@ -1,6 +1,6 @@
 """How fast the course trains and evaluates, as ratios measured in one process.
 
-Training: three loops train the same default model (784-100-100-64 / 32-100-100-784,
+Training: four loops train the same default model (784-100-100-64 / 32-100-100-784,
 batch 100, Adam 1e-3, dynamic binarization of every batch), alternating epochs so
 that the load of the machine hits them alike; each epoch's time is divided by its
 neighbour's, in wall-clock and in CPU seconds, and the median ratio reported:
@@ -10,7 +10,9 @@ neighbour's, in wall-clock and in CPU seconds, and the median ratio reported:
 - ``vc.train.fit``, one epoch per call, timed from outside (its entry checks count);
 - a hand-written loop doing the same maths with nothing around it: one tensor in
   memory sliced by ``randperm``, the loss written with
-  ``binary_cross_entropy_with_logits`` and the closed-form KL.
+  ``binary_cross_entropy_with_logits`` and the closed-form KL;
+- ``fit(compiled=True)``, the loss through ``torch.compile`` (its first epoch, which
+  waits for the compiler, is run before and timed apart).
 
 Evaluation: the importance-sampled log-likelihood (K samples for each of N images)
 against the rate of a 2048 x 2048 matmul measured in the same process, counting the
@@ -62,19 +64,21 @@ def handwritten_epoch(model, optimizer, images, batch_size) -> None:
 class FitEpochs:
     """``vc.train.fit`` one epoch per call, resuming its own history."""
 
-    def __init__(self, model, images, batch_size):
+    def __init__(self, model, images, batch_size, compiled=False):
         self.model, self.images, self.batch_size = model, images, batch_size
         self.optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
         self.history = None
+        self.compiled = compiled
 
     def __call__(self) -> None:
         epochs = 1 + (len(self.history) if self.history is not None else 0)
         self.history = vc.train.fit(self.model, self.images, num_epochs=epochs,
                                     batch_size=self.batch_size, progress=False,
-                                    history=self.history, optimizer=self.optimizer)
+                                    history=self.history, optimizer=self.optimizer,
+                                    compiled=self.compiled)
 
 
-def compare_training(epochs: int, batch_size: int) -> None:
+def compare_training(epochs: int, batch_size: int, compiled: bool) -> None:
     root = vc.data.data_root()
     images, _ = vc.data.load_mnist("train")  # fetches the files if they are missing
     loader = torch.utils.data.DataLoader(
@@ -94,6 +98,15 @@ def compare_training(epochs: int, batch_size: int) -> None:
         "hand-written loop": lambda: handwritten_epoch(hand_model, hand_optimizer,
                                                        images, batch_size),
     }
+    pairs = [("DataLoader loop", "vc.train.fit"), ("vc.train.fit", "hand-written loop")]
+    if compiled:
+        fit_compiled = FitEpochs(vc.models.build_vae(), images, batch_size,
+                                 compiled=True)
+        seconds, _ = timed(fit_compiled)  # builds the graphs: not one of the epochs
+        print(f"\nfit(compiled=True): its first epoch, compiling, took {seconds:.1f} s")
+        contenders["fit, compiled"] = fit_compiled
+        pairs += [("fit, compiled", "hand-written loop"),
+                  ("fit, compiled", "vc.train.fit")]
     wall = {name: [] for name in contenders}
     cpu = {name: [] for name in contenders}
     print(f"\ntraining: {torch.get_num_threads()} thread(s), {len(images)} images, "
@@ -110,8 +123,7 @@ def compare_training(epochs: int, batch_size: int) -> None:
     # Each epoch's ratio to its neighbour in time: a load that drifts over the run
     # hits both alike. CPU seconds (this process's, all threads) also leave out the
     # time other programs held the cores.
-    for slower, faster in (("DataLoader loop", "vc.train.fit"),
-                           ("vc.train.fit", "hand-written loop")):
+    for slower, faster in pairs:
         print(f"{slower} / {faster}: {paired_ratio(wall, slower, faster):.3f}x wall "
               f"clock, {paired_ratio(cpu, slower, faster):.3f}x CPU time "
               f"(median of {epochs} paired epochs)")
@@ -214,13 +226,15 @@ def main() -> None:
     parser.add_argument("--iwae-k", type=int, default=1000)
     parser.add_argument("--iwae-repeats", type=int, default=3)
     parser.add_argument("--skip-training", action="store_true")
+    parser.add_argument("--skip-compiled", action="store_true",
+                        help="leave out fit(compiled=True), e.g. without a C++ compiler")
     parser.add_argument("--threads", type=int, default=None,
                         help="PyTorch threads (default: as vc.setup chooses)")
     args = parser.parse_args()
     vc.setup(seed=0, threads=args.threads)
     if not args.skip_training:
         compare_operator_calls(args.batch_size)
-        compare_training(args.epochs, args.batch_size)
+        compare_training(args.epochs, args.batch_size, not args.skip_compiled)
     compare_log_likelihood(args.iwae_images, args.iwae_k, args.iwae_repeats)
 
 

@@ -40,3 +40,23 @@ def real_data_root() -> Path:
         pytest.skip(f"real MNIST needed: VAE_COURSE_DATA={value} lacks "
                     f"{', '.join(missing)} in MNIST/raw/")
     return root
+
+
+@pytest.fixture
+def graph_compiler(monkeypatch):
+    """torch.compile through dynamo and AOTAutograd, without Inductor's C++ build.
+
+    The graphs fit builds run as the ATen operators they trace to, so the test
+    takes seconds; the records say what fit asked torch.compile for.
+    """
+    import torch
+
+    real_compile, requests = torch.compile, []
+
+    def compile_graphs(function, **options):
+        requests.append({"function": function.__name__, **options})
+        return real_compile(function, backend="aot_eager",
+                            dynamic=options["dynamic"])
+
+    monkeypatch.setattr(torch, "compile", compile_graphs)
+    return requests

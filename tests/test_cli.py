@@ -89,7 +89,7 @@ def test_train_help_lists_every_flag(capsys):
                  "--seed", "--device", "--dataset", "--likelihood", "--data-root",
                  "--output", "--resume", "--overwrite", "--no-progress", "--beta",
                  "--architecture", "--warmup-epochs", "--eval-k", "--iwae-samples",
-                 "--channels"):
+                 "--channels", "--compile"):
         assert flag in text, flag
     assert "default: 16" in text  # defaults are stated
     assert "continuous_bernoulli" in text and "fashion-mnist" in text
@@ -698,3 +698,22 @@ def test_channels_set_the_width_of_a_conv_run_and_are_refused_for_an_mlp(
     assert_one_clean_line(err)
     assert "--channels" in err[0] and "--hidden-sizes" in err[0]
     assert fake_data == [] and not (tmp_path / "mlp").exists()
+
+
+def test_compile_trains_through_torch_compile_and_may_change_on_resume(
+        capsys, fake_data, graph_compiler, tmp_path):
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    folder = tmp_path / "run"
+    status, out, err = run(["train", "--epochs", "1", "--compile", "--output", folder,
+                            *TINY], capsys)
+    assert status == 0, err
+    assert [request["function"] for request in graph_compiler] == [
+        "terms_of_checked_pixels"]
+    status, out, err = run(["train", "--resume", "--epochs", "2", "--output", folder,
+                            "--no-progress"], capsys)
+    assert status == 0, err
+    assert len(graph_compiler) == 1  # the resumed run trained eagerly
+    assert [row["epoch"] for row in json.loads(
+        (folder / "metrics.json").read_text())] == [1, 2]

@@ -638,3 +638,33 @@ def test_iwae_training_resumes_like_a_straight_run(data, tmp_path):
                     iwae_samples=4)
     assert without_seconds(resumed) == without_seconds(straight)
     assert parameters_equal(model, straight_model)
+
+
+# --- the compiled step ----------------------------------------------------------
+
+@pytest.mark.parametrize("kwargs", [{"warmup_epochs": 1, "batch_size": 48},
+                                    {"iwae_samples": 3}])
+def test_a_compiled_step_trains_like_an_eager_one(data, graph_compiler, kwargs):
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    eager, compiled = tiny_model(), tiny_model()
+    eager_history = train(eager, data, seed=3, **kwargs)
+    assert graph_compiler == []
+    compiled_history = train(compiled, data, seed=3, compiled=True, **kwargs)
+    wanted = "negative_iwae_bound" if "iwae_samples" in kwargs else "terms_of"
+    assert len(graph_compiler) == 1 and wanted in graph_compiler[0]["function"]
+    assert graph_compiler[0]["dynamic"] is False
+    assert graph_compiler[0]["options"] == {"fallback_random": True}
+    # The same draws and the same maths; only the order of some sums may differ.
+    for eager_row, compiled_row in zip(without_seconds(eager_history),
+                                       without_seconds(compiled_history), strict=True):
+        assert compiled_row == pytest.approx(eager_row, rel=1e-5)
+    for p, q in zip(eager.parameters(), compiled.parameters(), strict=True):
+        torch.testing.assert_close(q, p, rtol=1e-4, atol=1e-6)
+    assert not parameters_equal(compiled, tiny_model())  # it did train
+
+
+def test_compiled_must_be_a_bool(data):
+    with pytest.raises(ValueError, match="compiled must be True or False"):
+        train(tiny_model(), data, compiled="yes")

@@ -171,6 +171,10 @@ def build_parser() -> argparse.ArgumentParser:
                        metavar="K",
                        help="after training, also estimate the validation "
                             "log p(x) with K importance samples (default: 0, skip)")
+    train.add_argument("--compile", action="store_true",
+                       help="train through torch.compile: faster steps once the "
+                            "first ones have waited for the compiler (tens of "
+                            "seconds; a C++ compiler is needed on a CPU)")
 
     evaluate = commands.add_parser("evaluate", help="print the test ELBO and the "
                                    "importance-sampled log-likelihood of a checkpoint")
@@ -395,7 +399,7 @@ def run_train(args) -> int:
                       batch_size=settings["batch_size"], learning_rate=settings["lr"],
                       seed=settings["seed"], beta=settings["beta"],
                       warmup_epochs=settings["warmup_epochs"],
-                      iwae_samples=settings["iwae_samples"],
+                      iwae_samples=settings["iwae_samples"], compiled=args.compile,
                       progress=not args.no_progress, callback=after_epoch,
                       optimizer=optimizer, history=history)
     except FloatingPointError as error:

@@ -105,10 +105,10 @@ def negative_elbo(model, x: torch.Tensor, beta: float = 1.0, num_samples: int = 
     Returns the scalar loss and the per-image terms.
     """
     terms = elbo_terms(model, x, num_samples=num_samples, labels=labels)
-    return _beta_loss(terms, beta), terms
+    return beta_loss(terms, beta), terms
 
 
-def _beta_loss(terms: dict[str, torch.Tensor], beta: float) -> torch.Tensor:
+def beta_loss(terms: dict[str, torch.Tensor], beta: float) -> torch.Tensor:
     """The batch mean of -(reconstruction - beta * KL): the loss both paths train on.
 
     Written as beta * KL - reconstruction, and without the product when beta is 1:
@@ -143,9 +143,21 @@ def negative_elbo_of_checked_pixels(model, x: torch.Tensor, beta: float = 1.0,
     arguments are checked again. The maths is that of :func:`negative_elbo`; a
     diverged step shows as a non-finite loss instead of an error here.
     """
+    terms = terms_of_checked_pixels(model, x, labels)
+    return beta_loss(terms, beta), terms
+
+
+def terms_of_checked_pixels(model, x: torch.Tensor,
+                            labels: torch.Tensor | None = None):
+    """The terms of :func:`negative_elbo_of_checked_pixels`, without the loss.
+
+    One draw of z and the closed-form KL; no argument is checked. The trainer's
+    compiled step compiles this and weights the KL outside it, with
+    :func:`beta_loss`, so that a β that changes at every step of a warm-up does not
+    make ``torch.compile`` build the graph again for each value.
+    """
     with unvalidated_distributions():
-        terms = _terms_of_checked_pixels(model, x, 1, True, labels)
-    return _beta_loss(terms, beta), terms
+        return _terms_of_checked_pixels(model, x, 1, True, labels)
 
 
 def check_num_samples(num_samples) -> int:

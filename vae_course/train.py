@@ -24,9 +24,11 @@ from .data import binarize as binarize_images
 from .data import check_pixel_values
 from .distributions import check_pixels
 from .elbo import (
+    beta_loss,
     mean_terms,
     negative_elbo_of_checked_pixels,
     negative_iwae_bound_of_checked_pixels,
+    terms_of_checked_pixels,
 )
 from .models import IMAGE_SIZE, is_conditional
 
@@ -151,9 +153,43 @@ def warmup_weight(step: int, beta: float, warmup_steps: int) -> float:
     return beta * min(1.0, step / warmup_steps) if warmup_steps else beta
 
 
+# torch.compile's Inductor draws random numbers with PyTorch's own generator, as
+# eager code does, so that a compiled step samples the same z from the same seed.
+COMPILE_OPTIONS = {"fallback_random": True}
+
+
+def step_loss(iwae_samples: int = 1, compiled: bool = False) -> Callable:
+    """What a training step calls: ``(model, batch, weight, labels) -> (loss, terms)``.
+
+    ``weight`` is the step's KL weight (beta, or its warm-up) and ``labels`` the
+    one-hot rows of a conditional VAE, or None. ``compiled`` puts the terms through
+    ``torch.compile``: the forward pass becomes one graph of fused kernels, and so
+    does its backward pass. The KL weight is applied outside the graph, so that a
+    warm-up's new weight at every step does not build it again; a smaller last
+    batch does get a graph of its own (the shapes are fixed). The first steps wait
+    for the compiler (tens of seconds on a CPU); the floats then differ from eager
+    ones by the order in which the fused kernels add them.
+    """
+    if iwae_samples > 1:
+        bound = negative_iwae_bound_of_checked_pixels
+        if compiled:
+            bound = torch.compile(bound, dynamic=False, options=COMPILE_OPTIONS)
+        return lambda model, batch, weight, labels: bound(model, batch, iwae_samples)
+    if not compiled:
+        return lambda model, batch, weight, labels: negative_elbo_of_checked_pixels(
+            model, batch, beta=weight, labels=labels)
+    terms_of = torch.compile(terms_of_checked_pixels, dynamic=False,
+                             options=COMPILE_OPTIONS)
+
+    def compiled_loss(model, batch, weight, labels):
+        terms = terms_of(model, batch, labels)
+        return beta_loss(terms, weight), terms
+
+    return compiled_loss
+
+
 def _train_epoch(model, optimizer, images, *, batch_size, binarize, beta, warmup_steps,
-                 epoch, step_offset, bar, label_rows=None,
-                 iwae_samples=1) -> dict[str, float]:
+                 epoch, step_offset, bar, loss_of, label_rows=None) -> dict[str, float]:
     num_steps = math.ceil(len(images) / batch_size)
     # Each step's per-image terms (reconstruction, entropy, cross-entropy), left on
     # the device and summed only when they are looked at: a step adds no work of
@@ -170,12 +206,7 @@ def _train_epoch(model, optimizer, images, *, batch_size, binarize, beta, warmup
             # A fresh draw each time it is seen; fit checked the grey levels.
             batch = torch.bernoulli(batch)
         weight = warmup_weight(step_offset + step, beta, warmup_steps)
-        if iwae_samples == 1:
-            loss, terms = negative_elbo_of_checked_pixels(model, batch, beta=weight,
-                                                          labels=labels)
-        else:
-            loss, terms = negative_iwae_bound_of_checked_pixels(model, batch,
-                                                                iwae_samples)
+        loss, terms = loss_of(model, batch, weight, labels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -262,7 +293,7 @@ def fit(model, train_images: torch.Tensor,
         callback: Callable | None = None, optimizer: torch.optim.Optimizer | None = None,
         history: History | None = None, train_labels: torch.Tensor | None = None,
         validation_labels: torch.Tensor | None = None,
-        iwae_samples: int = 1) -> History:
+        iwae_samples: int = 1, compiled: bool = False) -> History:
     """Train ``model`` with Adam and return its per-epoch :class:`History`.
 
     ``train_loss`` and ``validation_loss`` are the negative ELBO in nats per image
@@ -275,10 +306,12 @@ def fit(model, train_images: torch.Tensor,
     ``callback(model, optimizer, history)`` runs after every epoch. A conditional
     VAE (``build_vae(num_classes=10)``) needs ``train_labels`` and, with validation
     images, ``validation_labels``: int64 class indices, one per image.
-    ``callback(model, optimizer, history)`` runs after every epoch.
     ``iwae_samples`` = k > 1 trains an IWAE: the loss is the k-sample bound
     (:func:`vae_course.elbo.iwae_bound`), which has no KL term for beta or
     warm-up to weight; k = 1 is the VAE's training, closed-form KL and all.
+    ``compiled=True`` trains through ``torch.compile`` (see :func:`step_loss`;
+    it needs a C++ compiler on a CPU): faster steps after a slow start, the same
+    random draws, and floats that differ from an eager run's in the last bits.
     """
     num_epochs = check_number("num_epochs", num_epochs, integer=True)
     batch_size = check_number("batch_size", batch_size, integer=True)
@@ -287,6 +320,8 @@ def fit(model, train_images: torch.Tensor,
     beta = check_number("beta", beta, allow_zero=True)
     warmup_epochs = check_number("warmup_epochs", warmup_epochs, allow_zero=True)
     iwae_samples = check_number("iwae_samples", iwae_samples, integer=True)
+    if not isinstance(compiled, bool):
+        raise ValueError(f"compiled must be True or False; got {compiled!r}")
     if iwae_samples > 1 and is_conditional(model):
         raise ValueError(f"iwae_samples={iwae_samples}: the k-sample bound is written "
                          "for the plain VAE; train a conditional VAE on its ELBO "
@@ -314,6 +349,7 @@ def fit(model, train_images: torch.Tensor,
     done = len(history)
     if not binarize:
         check_pixels(train, model.likelihood)  # once: the steps do not check again
+    loss_of = step_loss(iwae_samples, compiled)
     bar = tqdm(total=num_epochs * steps_per_epoch, initial=done * steps_per_epoch,
                disable=not progress, desc="training", unit="step")
     try:
@@ -324,8 +360,8 @@ def fit(model, train_images: torch.Tensor,
             train_terms = _train_epoch(
                 model, optimizer, train, batch_size=batch_size, binarize=binarize,
                 beta=beta, warmup_steps=warmup_epochs * steps_per_epoch, epoch=epoch,
-                step_offset=(epoch - 1) * steps_per_epoch, bar=bar,
-                label_rows=train_rows, iwae_samples=iwae_samples)
+                step_offset=(epoch - 1) * steps_per_epoch, bar=bar, loss_of=loss_of,
+                label_rows=train_rows)
             seconds = time.perf_counter() - started
             # The loop looks at the losses, not at what the last step did to the
             # weights: that is checked here, before the model is tested or saved.
