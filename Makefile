@@ -82,11 +82,12 @@ lab: $(STAMP)
 		--ip=127.0.0.1 --no-browser $(ALLOW_ROOT)
 
 # Smoke budgets (VAE_COURSE_SMOKE=1) keep the run short; nbval compares only the
-# cells tagged nbval-check-output, after tests/nbval_sanitize.cfg.
+# cells tagged nbval-check-output, after tests/nbval_sanitize.cfg. The slowest tests
+# are listed at the end: where the run's time goes.
 test: $(STAMP)
 	$(BIN)/ruff check .
 	rm -rf runs/smoke
-	VAE_COURSE_SMOKE=1 $(BIN)/python -m pytest $(PARALLEL) $(NBVAL_FLAGS) tests notebooks
+	VAE_COURSE_SMOKE=1 $(BIN)/python -m pytest $(PARALLEL) $(NBVAL_FLAGS) --durations=15 tests notebooks
 
 # The checked outputs must not depend on the CPU. PyTorch, MKL and oneDNN pick their
 # kernels from the processor and each sums floats in its own order, so this runs the

@@ -311,7 +311,7 @@ def fit(model, train_images: torch.Tensor,
     warm-up to weight; k = 1 is the VAE's training, closed-form KL and all.
     ``compiled=True`` trains through ``torch.compile`` (see :func:`step_loss`;
     it needs a C++ compiler on a CPU): faster steps after a slow start, the same
-    random draws, and floats that differ from an eager run's in the last bits.
+    random draws, and floats that differ from an eager run's by rounding.
     """
     num_epochs = check_number("num_epochs", num_epochs, integer=True)
     batch_size = check_number("batch_size", batch_size, integer=True)
