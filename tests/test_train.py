@@ -646,8 +646,14 @@ def test_iwae_training_resumes_like_a_straight_run(data, tmp_path):
                                     {"iwae_samples": 3}])
 def test_a_compiled_step_trains_like_an_eager_one(data, graph_compiler, kwargs):
     import torch._dynamo
+    from torch.distributions import Distribution
 
     torch._dynamo.reset()
+    # PyTorch switches the distributions' checks off at the first torch.compile of
+    # a process (TorchPatcher.patch, cached); forget that it did, so that it does.
+    patcher = getattr(torch._dynamo.eval_frame, "TorchPatcher", None)
+    if patcher is not None:
+        patcher.patch.cache_clear()
     eager, compiled = tiny_model(), tiny_model()
     eager_history = train(eager, data, seed=3, **kwargs)
     assert graph_compiler == []
@@ -663,6 +669,7 @@ def test_a_compiled_step_trains_like_an_eager_one(data, graph_compiler, kwargs):
     for p, q in zip(eager.parameters(), compiled.parameters(), strict=True):
         torch.testing.assert_close(q, p, rtol=1e-4, atol=1e-6)
     assert not parameters_equal(compiled, tiny_model())  # it did train
+    assert Distribution._validate_args is True  # a learner's bad input is still caught
 
 
 def test_compiled_must_be_a_bool(data):

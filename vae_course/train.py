@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
+from torch.distributions import Distribution
 from tqdm.auto import tqdm
 
 from .data import binarize as binarize_images
@@ -173,19 +174,33 @@ def step_loss(iwae_samples: int = 1, compiled: bool = False) -> Callable:
     if iwae_samples > 1:
         bound = negative_iwae_bound_of_checked_pixels
         if compiled:
-            bound = torch.compile(bound, dynamic=False, options=COMPILE_OPTIONS)
+            bound = _compile(bound)
         return lambda model, batch, weight, labels: bound(model, batch, iwae_samples)
     if not compiled:
         return lambda model, batch, weight, labels: negative_elbo_of_checked_pixels(
             model, batch, beta=weight, labels=labels)
-    terms_of = torch.compile(terms_of_checked_pixels, dynamic=False,
-                             options=COMPILE_OPTIONS)
+    terms_of = _compile(terms_of_checked_pixels)
 
     def compiled_loss(model, batch, weight, labels):
         terms = terms_of(model, batch, labels)
         return beta_loss(terms, weight), terms
 
     return compiled_loss
+
+
+def _compile(function: Callable) -> Callable:
+    """``torch.compile(function)``, leaving torch.distributions' checks as they were.
+
+    The first ``torch.compile`` of a process switches the argument checks of every
+    distribution off, for good. The course switches them off only around inputs it
+    has checked itself, so a learner's bad input still gets torch's error after a
+    compiled run.
+    """
+    checking = Distribution._validate_args
+    try:
+        return torch.compile(function, dynamic=False, options=COMPILE_OPTIONS)
+    finally:
+        Distribution.set_default_validate_args(checking)
 
 
 def _train_epoch(model, optimizer, images, *, batch_size, binarize, beta, warmup_steps,
