@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .models import CONV_CHANNELS, VAE, build_vae
+from .models import VAE, build_vae
 from .runtime import smoke_test
 from .train import History
 
@@ -190,6 +190,20 @@ def _shape_problem(expected: dict, found: dict) -> str | None:
     return None
 
 
+def _skeleton(path: Path, payload: dict) -> VAE:
+    """The model the saved config describes, on the meta device (shapes only).
+
+    Its config is the saved one as ``build_vae`` reads it, defaults filled in (a conv
+    file saved before configs recorded the channels gets the default width).
+    """
+    try:
+        with torch.device("meta"):
+            return build_vae(**payload["config"])
+    except (TypeError, ValueError) as error:
+        raise CheckpointError(
+            f"{path} describes a model that cannot be built: {error}") from None
+
+
 def load_checkpoint(path, device=None):
     """Rebuild the model saved at ``path``; returns ``(model, payload)``.
 
@@ -200,12 +214,7 @@ def load_checkpoint(path, device=None):
     """
     path = Path(path)
     payload = _read(path)
-    try:
-        with torch.device("meta"):
-            skeleton = build_vae(**payload["config"])
-    except (TypeError, ValueError) as error:
-        raise CheckpointError(
-            f"{path} describes a model that cannot be built: {error}") from None
+    skeleton = _skeleton(path, payload)
     problem = _shape_problem(skeleton.state_dict(), payload["state_dict"])
     if problem:
         raise CheckpointError(
@@ -234,9 +243,7 @@ def load_weights_into(model: VAE, path) -> VAE:
     """Load a checkpoint's weights into an existing model of the same architecture."""
     path = Path(path)
     payload = _read(path)
-    saved = dict(payload["config"])
-    if saved.get("architecture") == "conv":  # files from before conv widths were saved
-        saved.setdefault("channels", CONV_CHANNELS)
+    saved = _skeleton(path, payload).config
     if saved != model.config:
         raise CheckpointError(f"{path} was saved from {saved}, not {model.config}")
     problem = _shape_problem(model.state_dict(), payload["state_dict"])
