@@ -82,7 +82,10 @@ def bits_per_dim(nats, num_dims: int = IMAGE_SIZE):
 
 # Codes decoded per call: enough rows for the matmuls to run at speed, few enough
 # that the (rows, 784) logits stay in the CPU's cache for the passes that follow.
-ROWS_PER_CALL = 1024
+ROWS_PER_CALL = 512
+# Codes of one group of images, encoded together: the encoder and the small
+# per-image steps then run once for several images instead of once for each.
+CODES_PER_GROUP = 4096
 
 
 def image_generator(seed: int, index: int) -> torch.Generator:
@@ -131,10 +134,11 @@ def importance_weighted_log_likelihood(model, images: torch.Tensor,
     check_pixels(images, model.likelihood)
     rows = checked_one_hot(model, labels, images, "labels")  # one-hot rows, or None
     model.eval()
-    rows_per_call = min(max_pixels // IMAGE_SIZE, ROWS_PER_CALL)
-    # Whole images per group when K samples fit in one call, otherwise one image
-    # whose samples are split over several calls.
-    images_per_group = max(1, rows_per_call // num_samples)
+    max_rows = max_pixels // IMAGE_SIZE
+    rows_per_call = min(max_rows, ROWS_PER_CALL)
+    # Whole images per group, as many as CODES_PER_GROUP codes hold (at least one);
+    # their codes are decoded rows_per_call at a time, and never more than max_rows.
+    images_per_group = max(1, min(max_rows, CODES_PER_GROUP) // num_samples)
     starts = range(0, len(images), images_per_group)
     if progress:
         from tqdm.auto import tqdm
