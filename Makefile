@@ -66,11 +66,9 @@ help:
 
 install: $(STAMP)
 
-# --no-compile: pip would byte-compile all ~11,000 installed modules one by one (74 s
-# on a 2-core machine); Python compiles the few it imports, once, when first used.
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --disable-pip-version-check --no-compile -e '.[test]'
+	$(BIN)/python -m pip install --disable-pip-version-check -e '.[test]'
 	@touch $@
 
 # Rooted at the repository, so that the README, the package and the solutions open
