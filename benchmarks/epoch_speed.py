@@ -209,14 +209,6 @@ def compare_log_likelihood(num_images: int, num_samples: int, repeats: int) -> N
     The matmul's rate grows with every thread; the estimator's many small steps
     over each block of logits less so, which is why both counts are printed.
     """
-    chosen = torch.get_num_threads()
-    for threads in sorted({1, chosen}):
-        torch.set_num_threads(threads)
-        log_likelihood_shares(num_images, num_samples, repeats)
-    torch.set_num_threads(chosen)
-
-
-def log_likelihood_shares(num_images: int, num_samples: int, repeats: int) -> None:
     test_images, _ = vc.data.load_mnist("test")
     images = vc.train.fixed_binarization(test_images[:num_images], binarize=True)
     models = {
@@ -224,6 +216,16 @@ def log_likelihood_shares(num_images: int, num_samples: int, repeats: int) -> No
         "784-500-500-(2x50)": vc.models.build_vae(latent_dim=50,
                                                   hidden_sizes=(500, 500)),
     }
+    chosen = torch.get_num_threads()
+    for threads in sorted({1, chosen}):
+        torch.set_num_threads(threads)
+        log_likelihood_shares(models, images, num_samples, repeats)
+    torch.set_num_threads(chosen)
+
+
+def log_likelihood_shares(models: dict, images: torch.Tensor, num_samples: int,
+                          repeats: int) -> None:
+    num_images = len(images)
     print(f"\nimportance-sampled log-likelihood: K={num_samples}, {num_images} images, "
           f"{torch.get_num_threads()} thread(s); decoder FLOPs only, against a "
           "2048x2048 matmul in this process")
