@@ -19,7 +19,7 @@ from vae_course.evaluate import (
     importance_weighted_log_likelihood,
     unit_activity,
 )
-from vae_course.models import build_vae
+from vae_course.models import VAE, build_vae
 from vae_course.train import fit
 
 LOG_2PI = math.log(2 * math.pi)
@@ -194,9 +194,15 @@ def test_converges_to_the_exact_log_likelihood_from_quadrature(model_1d, images_
 # --- chunks -------------------------------------------------------------------
 
 def record_decoder_calls(model):
+    """(codes, outputs) of each call, seen by the decoder's first layer.
+
+    The estimator may run the decoder's last layer itself (its sign flip folded
+    in), so the calls are counted where every code enters.
+    """
     sizes = []
-    handle = model.decoder.register_forward_hook(
-        lambda module, inputs, output: sizes.append(tuple(output.shape)))
+    outputs = model.decoder[-1].out_features
+    handle = model.decoder[0].register_forward_hook(
+        lambda module, inputs, output: sizes.append((len(inputs[0]), outputs)))
     return sizes, handle
 
 
@@ -272,15 +278,40 @@ def reference_log_likelihood(model, x, num_samples, seed, first_index=0):
     return torch.stack(estimates)
 
 
+# K = 300 decodes codes of several images per call; from K = ROWS_PER_CALL on, one
+# image's codes fill a call and a Bernoulli MLP's last layer also flips the signs.
+@pytest.mark.parametrize("num_samples", [300, 600])
 @pytest.mark.parametrize("likelihood", ["bernoulli", "continuous_bernoulli",
                                         "discretized_logistic"])
-def test_agrees_with_a_straightforward_reference(images, likelihood):
+def test_agrees_with_a_straightforward_reference(images, likelihood, num_samples):
     torch.manual_seed(0)
     model = build_vae(latent_dim=3, hidden_sizes=(16,), likelihood=likelihood).eval()
     x = images[:6]
-    expected = reference_log_likelihood(model, x, 300, seed=5)
-    estimate = importance_weighted_log_likelihood(model, x, num_samples=300, seed=5)
+    expected = reference_log_likelihood(model, x, num_samples, seed=5)
+    estimate = importance_weighted_log_likelihood(model, x, num_samples=num_samples,
+                                                  seed=5)
     torch.testing.assert_close(estimate, expected, rtol=1e-5, atol=1e-3)
+
+
+class ShiftedLogits(VAE):
+    """A VAE whose own decode_logits adds 1 to every logit."""
+
+    def decode_logits(self, z):
+        return super().decode_logits(z) + 1.0
+
+
+def test_a_model_with_its_own_decoding_is_scored_by_it(images):
+    torch.manual_seed(0)
+    plain = build_vae(latent_dim=3, hidden_sizes=(16,)).eval()
+    shifted = ShiftedLogits(plain.encoder, plain.decoder, plain.latent_dim,
+                            plain.likelihood, plain.config).eval()
+    x = images[:3]
+    expected = reference_log_likelihood(shifted, x, 600, seed=2)
+    estimate = importance_weighted_log_likelihood(shifted, x, num_samples=600, seed=2)
+    torch.testing.assert_close(estimate, expected, rtol=1e-5, atol=1e-3)
+    plain_estimate = importance_weighted_log_likelihood(plain, x, num_samples=600,
+                                                        seed=2)
+    assert (plain_estimate - estimate).abs().min() > 1.0
 
 
 def test_an_image_gets_the_same_estimate_in_any_company(model_2d, images):
@@ -395,8 +426,10 @@ def test_huge_logits_are_scored_exactly():
     x[2, :] = 1 - x[2, :]
     exact = torch.distributions.Bernoulli(
         logits=model.decoder[-1].bias.double()).log_prob(x.double()).sum(-1)
-    estimate = importance_weighted_log_likelihood(model, x, num_samples=4)
-    torch.testing.assert_close(estimate.double(), exact, rtol=1e-6, atol=1e-3)
+    for num_samples in (4, 600):  # codes of several images a call; one image's
+        estimate = importance_weighted_log_likelihood(model, x,
+                                                      num_samples=num_samples)
+        torch.testing.assert_close(estimate.double(), exact, rtol=1e-6, atol=1e-3)
 
 
 # --- active units -------------------------------------------------------------

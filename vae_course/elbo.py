@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch.distributions import Distribution
 
 from .distributions import check_pixels, likelihood_from_logits
-from .models import label_arguments
+from .models import VAE, ConditionalVAE, label_arguments
 
 LOG_2PI = math.log(2 * math.pi)
 
@@ -177,8 +177,8 @@ def log_importance_weights(model, x: torch.Tensor, noise: torch.Tensor,
     :func:`vae_course.distributions.check_pixels`); ``noise`` (batch, k, latent_dim)
     holds standard normal draws, so z is reparameterized (rsample): the weights
     carry gradients to the encoder and the decoder. ``rows_per_call`` decodes at
-    most that many codes at a time, over all the images (at least one code of each
-    image per call), to bound memory (evaluation).
+    most that many codes at a time, to bound memory (evaluation): codes of every
+    image in each call, or, once an image has that many codes, one image's.
     A conditional VAE takes its labels as one-hot ``label_rows`` (batch, classes),
     and every distribution is given y.
     """
@@ -198,6 +198,18 @@ def _log_weight_terms(model, x, noise, rows_per_call=None, label_rows=None):
     # log p(z) - log q(z|x) for Gaussians, where z - loc = scale * noise: (batch, k)
     log_prior_ratio = 0.5 * (noise**2 - z**2).sum(-1) + log_scale.sum(-1, True)
     num_samples = noise.shape[1]
+    # Evaluating an MLP with a Bernoulli likelihood, once one image's codes fill a
+    # call: the sign flip of _log_likelihood goes into the decoder's last layer. A
+    # logit past 88 (see there) sends the whole batch down the general path below.
+    output_layer = _foldable_output_layer(model)
+    if rows_per_call is not None and num_samples >= rows_per_call \
+            and output_layer is not None and not torch.is_grad_enabled():
+        log_likelihood = torch.stack([
+            _folded_log_likelihood(model, output_layer, z[i], x[i], rows_per_call,
+                                   given[0][i:i + 1] if given else None)
+            for i in range(len(x))])  # (batch, k)
+        if bool(torch.isfinite(log_likelihood).all()):
+            return log_likelihood, log_prior_ratio, posterior
     rows_per_image = num_samples if rows_per_call is None else \
         max(1, min(num_samples, rows_per_call // len(x)))
     pieces = []
@@ -207,6 +219,46 @@ def _log_weight_terms(model, x, noise, rows_per_call=None, label_rows=None):
         logits = model.decode_logits(codes, *given_to_codes)
         pieces.append(_log_likelihood(model.likelihood, logits, x))
     return torch.cat(pieces, 1), log_prior_ratio, posterior
+
+
+def _foldable_output_layer(model):
+    """The decoder's last layer, when the evaluation may fold the sign flip into it.
+
+    That needs a Bernoulli likelihood and a decoder that is a stack of layers ending
+    in a ``Linear`` one, used as :class:`~vae_course.models.VAE` uses it; for any
+    other model, None.
+    """
+    decoder = getattr(model, "decoder", None)
+    plain = type(model).decode_logits in (VAE.decode_logits,
+                                          ConditionalVAE.decode_logits)
+    if model.likelihood != "bernoulli" or not plain \
+            or not isinstance(decoder, torch.nn.Sequential):
+        return None
+    last = decoder[-1]
+    return last if isinstance(last, torch.nn.Linear) and last.bias is not None else None
+
+
+def _folded_log_likelihood(model, output_layer, codes, x, rows_per_call,
+                           label_row=None):
+    """log p(x|z) of one image under each of its codes (k, latent_dim): (k,).
+
+    The scoring of :func:`_log_likelihood` with the sign flip folded into the
+    decoder's last layer: the image's flipped logits, s * (W h + b) with s = 1 - 2x,
+    are (s W) h + s b, so one matrix product gives them and no pass over the
+    (rows, 784) block is spent on the flip. Multiplying by -1 is exact, so these
+    are the numbers of flipping after the product.
+    """
+    sign = 1 - 2 * x  # (784,): +1 for a black pixel, -1 for a white one
+    weight_t = (output_layer.weight * sign[:, None]).t()  # (hidden, 784)
+    bias = output_layer.bias * sign  # (784,)
+    hidden_layers = model.decoder[:-1]
+    given = () if label_row is None else (label_row,)
+    pieces = []
+    for done in range(0, len(codes), rows_per_call):
+        inputs = model.decoder_input(codes[done:done + rows_per_call], *given)
+        flipped = torch.addmm(bias, hidden_layers(inputs), weight_t)  # (rows, 784)
+        pieces.append(flipped.exp_().add_(1).log_().sum(-1).neg_())  # (rows,)
+    return torch.cat(pieces)
 
 
 def _log_likelihood(kind, logits, x):

@@ -95,6 +95,10 @@ class VAE(nn.Module):
         """q(z|x) for a batch of flattened images (batch, 784)."""
         return posterior_from_encoder(self.encoder(x))
 
+    def decoder_input(self, z: torch.Tensor) -> torch.Tensor:
+        """What the decoder takes for codes (..., latent_dim): the codes themselves."""
+        return z
+
     def decode_logits(self, z: torch.Tensor) -> torch.Tensor:
         """The decoder's outputs for latent codes (..., latent_dim): (..., 784)
         logits, or (..., 2 * 784) locations and log-scales for two per pixel."""
@@ -178,13 +182,18 @@ class ConditionalVAE(VAE):
         """q(z|x,y) for images (batch, 784) and their labels."""
         return posterior_from_encoder(self.encoder(self._with_label(x, y)))
 
+    def decoder_input(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """What the decoder takes for codes (..., latent_dim): each code, then the
+        one-hot of its label, (..., latent_dim + num_classes)."""
+        return self._with_label(z, y)
+
     def decode_logits(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Logits of p(x|z,y) for codes (..., latent_dim): (..., 784).
 
         The leading shape of ``y`` (or of its one-hot rows) broadcasts against that
         of ``z``: labels (batch,) serve codes (samples, batch, latent_dim).
         """
-        return super().decode_logits(self._with_label(z, y))
+        return super().decode_logits(self.decoder_input(z, y))
 
     def decode(self, z: torch.Tensor, y: torch.Tensor):
         """p(x|z,y) for codes (..., latent_dim) and labels."""
