@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import math
+import threading
 
 import pytest
 import torch
@@ -312,6 +313,35 @@ def test_a_model_with_its_own_decoding_is_scored_by_it(images):
     plain_estimate = importance_weighted_log_likelihood(plain, x, num_samples=600,
                                                         seed=2)
     assert (plain_estimate - estimate).abs().min() > 1.0
+
+
+def test_threads_share_the_groups_and_change_no_number(model_2d, images):
+    from vae_course.evaluate import CODES_PER_GROUP
+
+    threads = torch.get_num_threads()
+    x = images[:4]
+    num_samples = CODES_PER_GROUP // 2  # two groups of two images
+    try:
+        torch.set_num_threads(1)
+        alone = importance_weighted_log_likelihood(model_2d, x,
+                                                   num_samples=num_samples)
+        torch.set_num_threads(2)
+        both_encoding = threading.Barrier(2, timeout=10)  # broken if one at a time
+
+        def wait_for_the_other(module, inputs, output):
+            both_encoding.wait()  # returning nothing leaves the output as it is
+
+        handle = model_2d.encoder.register_forward_hook(wait_for_the_other)
+        try:
+            side_by_side = importance_weighted_log_likelihood(
+                model_2d, x, num_samples=num_samples)
+        finally:
+            handle.remove()
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)
+    # Each thread runs PyTorch on one intra-op thread, as the single thread did.
+    assert torch.equal(side_by_side, alone)
 
 
 def test_an_image_gets_the_same_estimate_in_any_company(model_2d, images):

@@ -6,6 +6,7 @@ import os
 import random
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
@@ -233,3 +234,40 @@ def test_machine_load_sees_a_core_kept_busy_now():
     finally:
         spinner.wait()
     assert busy >= 0.5  # the spinner alone keeps one core busy
+
+
+# --- work on several threads ----------------------------------------------------
+
+def test_map_in_threads_keeps_the_order_and_runs_the_items_side_by_side(
+        restore_threads):
+    torch.set_num_threads(2)
+    both_started = threading.Barrier(2, timeout=10)  # broken if run one by one
+    seen = []
+
+    def square(item):
+        if item < 2:
+            both_started.wait()
+        seen.append((torch.get_num_threads(), torch.is_grad_enabled()))
+        return item * item
+
+    with torch.no_grad():  # grad mode is per thread: the caller's must carry over
+        results = list(runtime.map_in_threads(square, range(6), threads=2))
+    assert results == [0, 1, 4, 9, 16, 25]
+    assert seen == [(1, False)] * 6  # one intra-op thread each, no gradients
+    assert torch.get_num_threads() == 2  # given back
+
+
+def test_map_in_threads_passes_errors_on_and_restores_the_threads(restore_threads):
+    torch.set_num_threads(2)
+
+    def fail_on_three(item):
+        if item == 3:
+            raise ValueError("item 3 is bad")
+        return item
+
+    with pytest.raises(ValueError, match="item 3"):
+        list(runtime.map_in_threads(fail_on_three, range(8), threads=2))
+    assert torch.get_num_threads() == 2
+    # One thread, or one item: computed here, with the threads as they are.
+    assert list(runtime.map_in_threads(lambda item: torch.get_num_threads(),
+                                       range(3), threads=1)) == [2, 2, 2]

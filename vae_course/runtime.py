@@ -20,6 +20,7 @@ import math
 import os
 import random
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -146,6 +147,36 @@ def set_threads(threads: int | None = None) -> int:
                                 requested_threads(threads))
     torch.set_num_threads(chosen)
     return chosen
+
+
+def map_in_threads(function, items, threads: int):
+    """Yield ``function(item)`` for each of ``items`` in order, from ``threads`` threads.
+
+    Each thread runs PyTorch with one intra-op thread. For work made of many small
+    operations, pieces side by side on the cores beat each operation split over
+    them; PyTorch releases Python's lock while it computes. Grad mode, which is per
+    thread, is the caller's in every one. Afterwards PyTorch has its threads again.
+    """
+    items = list(items)
+    if threads <= 1 or len(items) <= 1:
+        yield from map(function, items)
+        return
+    grad_enabled = torch.is_grad_enabled()
+
+    def run(item):
+        with torch.set_grad_enabled(grad_enabled):
+            return function(item)
+
+    intra_op_threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # what each new thread starts with
+    pool = ThreadPoolExecutor(min(threads, len(items)))
+    try:
+        futures = [pool.submit(run, item) for item in items]
+        for future in futures:
+            yield future.result()
+    finally:
+        pool.shutdown(cancel_futures=True)
+        torch.set_num_threads(intra_op_threads)
 
 
 def setup(seed: int = 0, device: str | torch.device | None = None,
