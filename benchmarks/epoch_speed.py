@@ -1,6 +1,6 @@
 """How fast the course trains and evaluates, as ratios measured in one process.
 
-Training: four loops train the same default model (784-100-100-64 / 32-100-100-784,
+Training: five loops train the same default model (784-100-100-64 / 32-100-100-784,
 batch 100, Adam 1e-3, dynamic binarization of every batch), alternating epochs so
 that the load of the machine hits them alike; each epoch's time is divided by its
 neighbour's, in wall-clock and in CPU seconds, and the median ratio reported:
@@ -11,6 +11,9 @@ neighbour's, in wall-clock and in CPU seconds, and the median ratio reported:
 - a hand-written loop doing the same maths with nothing around it: one tensor in
   memory sliced by ``randperm``, the loss written with
   ``binary_cross_entropy_with_logits`` and the closed-form KL;
+- the same hand-written loop training a second model of its own: the control. The
+  two do the same work, so their ratio shows how far apart two runs of one loop
+  land in this process (its memory, the machine's load), the noise in the others;
 - ``fit(compiled=True)``, the loss through ``torch.compile`` (its first epoch, which
   waits for the compiler, is run before and timed apart). It is compared in a second
   round, with ``fit`` and the hand-written loop measured again beside it, so that
@@ -92,19 +95,22 @@ def compare_training(epochs: int, batch_size: int, compiled: bool) -> None:
         return model, torch.optim.Adam(model.parameters(), lr=1e-3)
 
     loader_model, loader_optimizer = fresh()
-    hand_model, hand_optimizer = fresh()
     fit_epochs = FitEpochs(vc.models.build_vae(), images, batch_size)
 
-    def hand_epoch():
-        handwritten_epoch(hand_model, hand_optimizer, images, batch_size)
+    def hand_loop():
+        model, optimizer = fresh()
+        return lambda: handwritten_epoch(model, optimizer, images, batch_size)
 
+    hand_epoch, control_epoch = hand_loop(), hand_loop()
     print(f"\ntraining: {torch.get_num_threads()} thread(s), {len(images)} images, "
           f"batch {batch_size}, train seconds per epoch (wall clock)")
     alternate({"DataLoader loop": lambda: dataloader_epoch(loader_model,
                                                            loader_optimizer, loader),
-               "vc.train.fit": fit_epochs, "hand-written loop": hand_epoch},
+               "vc.train.fit": fit_epochs, "hand-written loop": hand_epoch,
+               "control (hand-written, 2nd model)": control_epoch},
               [("DataLoader loop", "vc.train.fit"),
-               ("vc.train.fit", "hand-written loop")], epochs)
+               ("vc.train.fit", "hand-written loop"),
+               ("control (hand-written, 2nd model)", "hand-written loop")], epochs)
     if not compiled:
         return
     # The compiler leaves threads and memory behind in this process; the first round
@@ -114,8 +120,10 @@ def compare_training(epochs: int, batch_size: int, compiled: bool) -> None:
     print(f"\nfit(compiled=True): its first epoch, compiling, took {seconds:.1f} s; "
           "then, in the same process:")
     alternate({"vc.train.fit": fit_epochs, "hand-written loop": hand_epoch,
+               "control (hand-written, 2nd model)": control_epoch,
                "fit, compiled": fit_compiled},
               [("vc.train.fit", "hand-written loop"),
+               ("control (hand-written, 2nd model)", "hand-written loop"),
                ("fit, compiled", "hand-written loop"),
                ("fit, compiled", "vc.train.fit")], epochs)
 
