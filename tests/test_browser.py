@@ -240,8 +240,15 @@ def close_sessions(lab: LabServer) -> None:
         pass
 
 
-def wait_until(predicate, timeout: float, what: str, interval: float = 0.5):
-    """Poll ``predicate`` until it returns something truthy; fail after ``timeout``."""
+def wait_until(predicate, timeout: float, what: str, interval: float = 0.5,
+               pause=time.sleep):
+    """Poll ``predicate`` until it returns something truthy; fail after ``timeout``.
+
+    Where the page's requests go through a route (a blocked network), pass
+    ``pause=page_pause(page)``: Playwright's synchronous API serves a route only
+    while Python is inside one of its calls, so ``time.sleep`` would hold every
+    request of the page, the kernel's among them, until the next poll.
+    """
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
@@ -249,13 +256,22 @@ def wait_until(predicate, timeout: float, what: str, interval: float = 0.5):
             return value
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(interval)
+        pause(interval)
+
+
+def page_pause(page):
+    """A pause that keeps serving the page's routes (see :func:`wait_until`)."""
+    return lambda seconds: page.wait_for_timeout(seconds * 1000)
 
 
 def kernel_state(lab: LabServer, notebook: str) -> str | None:
-    """The execution state the server reports for the notebook's kernel."""
+    """The execution state the server reports for the notebook's kernel.
+
+    A RISE slideshow's session has an id for its path and the notebook as its name.
+    """
     for session in lab.api("/api/sessions"):
-        if session.get("path") == notebook and session.get("kernel"):
+        if notebook in (session.get("path"), session.get("name")) \
+                and session.get("kernel"):
             return session["kernel"].get("execution_state")
     return None
 
@@ -484,24 +500,33 @@ def test_lesson_03_presents_with_rise(lab, page, tmp_path):
     page.goto(f"{lab.url}/rise/{notebook}?token={lab.token}",
               wait_until="domcontentloaded", timeout=PAGE_LOAD_S * 1000)
     page.locator(".reveal .slides section").first.wait_for(timeout=PAGE_LOAD_S * 1000)
+    pause = page_pause(page)
     first = wait_until(lambda: (s := page.evaluate(RISE_STATE_JS))["maths"] and s,
-                       60, "RISE to typeset the maths of the title slide")
+                       60, "RISE to typeset the maths of the title slide", pause=pause)
     print(f"\n[browser] RISE {notebook}: {first['total']} sections, "
           f"{first['maths']} formulas typeset after {time.monotonic() - started:.1f} s")
     assert first["raw"] == 0, "a Markdown cell still shows raw $$ TeX"
     assert first["text"].lstrip().startswith("03"), first["text"][:200]
 
-    # Present as a teacher does: run the setup cell in place, then step on.
+    # Present as a teacher does: once the kernel is up (a cell sent before that can
+    # be lost), run the setup cell in place, then step on.
+    wait_until(lambda: kernel_state(lab, notebook) == "idle", PAGE_LOAD_S,
+               "the slideshow's kernel to start and go idle", pause=pause)
     page.locator(".reveal section.present .jp-CodeCell .cm-content").first.click()
     page.keyboard.press("Shift+Enter")
-    prompt = ".reveal .jp-CodeCell .jp-InputArea-prompt"
-    wait_until(lambda: page.locator(prompt).first.text_content().strip() == "[1]:",
-               90, "the setup cell to run in the slideshow")
+    prompt = page.locator(".reveal .jp-CodeCell .jp-InputArea-prompt").first
+    try:
+        wait_until(lambda: prompt.text_content().strip() == "[1]:",
+                   90, "the setup cell to run in the slideshow", pause=pause)
+    except AssertionError as error:
+        raise AssertionError(f"{error}; its prompt shows "
+                             f"{prompt.text_content().strip()!r}, the kernel is "
+                             f"{kernel_state(lab, notebook)!r}") from None
     page.keyboard.press("Escape")
     page.keyboard.press("ArrowRight")
     second = wait_until(
         lambda: (s := page.evaluate(RISE_STATE_JS))["text"] != first["text"] and s,
-        15, "the slideshow to advance")
+        15, "the slideshow to advance", pause=pause)
     page.screenshot(path=str(tmp_path / "03_rise.png"))
     assert "derivation" in second["text"].lower(), second["text"][:200]
     assert second["raw"] == 0, "a Markdown cell still shows raw $$ TeX"
