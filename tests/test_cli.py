@@ -41,6 +41,20 @@ def synthetic_split(split, dataset="mnist", root=None):
     return images, torch.randint(0, 10, (count,), generator=generator)
 
 
+@pytest.fixture(autouse=True)
+def one_thread(monkeypatch):
+    """Every command here runs on one PyTorch thread, whatever the machine's load.
+
+    The command line picks its threads from the cores other work leaves idle, and
+    sums of floats split over two threads round differently from one: runs that a
+    test compares number for number must not pick different counts.
+    """
+    threads = torch.get_num_threads()
+    monkeypatch.setenv("VAE_COURSE_THREADS", "1")
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def fake_data(monkeypatch):
     """Replace the MNIST loader by 200 + 50 synthetic images; records the calls."""
