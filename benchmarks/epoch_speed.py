@@ -102,15 +102,14 @@ def compare_training(epochs: int, batch_size: int, compiled: bool) -> None:
         return lambda: handwritten_epoch(model, optimizer, images, batch_size)
 
     hand_epoch, control_epoch = hand_loop(), hand_loop()
+    fit, hand, control = ("vc.train.fit", "hand-written loop",
+                          "control (hand-written, 2nd model)")
     print(f"\ntraining: {torch.get_num_threads()} thread(s), {len(images)} images, "
           f"batch {batch_size}, train seconds per epoch (wall clock)")
     alternate({"DataLoader loop": lambda: dataloader_epoch(loader_model,
                                                            loader_optimizer, loader),
-               "vc.train.fit": fit_epochs, "hand-written loop": hand_epoch,
-               "control (hand-written, 2nd model)": control_epoch},
-              [("DataLoader loop", "vc.train.fit"),
-               ("vc.train.fit", "hand-written loop"),
-               ("control (hand-written, 2nd model)", "hand-written loop")], epochs)
+               fit: fit_epochs, hand: hand_epoch, control: control_epoch},
+              [("DataLoader loop", fit), (fit, hand), (control, hand)], epochs)
     if not compiled:
         return
     # The compiler leaves threads and memory behind in this process; the first round
@@ -119,13 +118,10 @@ def compare_training(epochs: int, batch_size: int, compiled: bool) -> None:
     seconds, _ = timed(fit_compiled)  # builds the graphs: not one of the epochs
     print(f"\nfit(compiled=True): its first epoch, compiling, took {seconds:.1f} s; "
           "then, in the same process:")
-    alternate({"vc.train.fit": fit_epochs, "hand-written loop": hand_epoch,
-               "control (hand-written, 2nd model)": control_epoch,
+    alternate({fit: fit_epochs, hand: hand_epoch, control: control_epoch,
                "fit, compiled": fit_compiled},
-              [("vc.train.fit", "hand-written loop"),
-               ("control (hand-written, 2nd model)", "hand-written loop"),
-               ("fit, compiled", "hand-written loop"),
-               ("fit, compiled", "vc.train.fit")], epochs)
+              [(fit, hand), (control, hand), ("fit, compiled", hand),
+               ("fit, compiled", fit)], epochs)
 
 
 def alternate(contenders: dict, pairs: list[tuple[str, str]], epochs: int) -> None:

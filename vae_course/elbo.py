@@ -201,11 +201,13 @@ def _log_weight_terms(model, x, noise, rows_per_call=None, label_rows=None):
     # Evaluating an MLP with a Bernoulli likelihood, once one image's codes fill a
     # call: the sign flip of _log_likelihood goes into the decoder's last layer. A
     # logit past 88 (see there) sends the whole batch down the general path below.
-    output_layer = _foldable_output_layer(model)
+    layers = None  # training never folds: its step need not look for the layers
     if rows_per_call is not None and num_samples >= rows_per_call \
-            and output_layer is not None and not torch.is_grad_enabled():
+            and not torch.is_grad_enabled():
+        layers = _foldable_decoder(model)
+    if layers is not None:
         log_likelihood = torch.stack([
-            _folded_log_likelihood(model, output_layer, z[i], x[i], rows_per_call,
+            _folded_log_likelihood(model, *layers, z[i], x[i], rows_per_call,
                                    given[0][i:i + 1] if given else None)
             for i in range(len(x))])  # (batch, k)
         if bool(torch.isfinite(log_likelihood).all()):
@@ -221,12 +223,12 @@ def _log_weight_terms(model, x, noise, rows_per_call=None, label_rows=None):
     return torch.cat(pieces, 1), log_prior_ratio, posterior
 
 
-def _foldable_output_layer(model):
-    """The decoder's last layer, when the evaluation may fold the sign flip into it.
+def _foldable_decoder(model):
+    """The decoder's hidden layers and its last layer, when the evaluation may fold
+    the sign flip into the last one; for any other model, None.
 
     That needs a Bernoulli likelihood and a decoder that is a stack of layers ending
-    in a ``Linear`` one, used as :class:`~vae_course.models.VAE` uses it; for any
-    other model, None.
+    in a ``Linear`` one, used as :class:`~vae_course.models.VAE` uses it.
     """
     decoder = getattr(model, "decoder", None)
     plain = type(model).decode_logits in (VAE.decode_logits,
@@ -235,11 +237,13 @@ def _foldable_output_layer(model):
             or not isinstance(decoder, torch.nn.Sequential):
         return None
     last = decoder[-1]
-    return last if isinstance(last, torch.nn.Linear) and last.bias is not None else None
+    if not isinstance(last, torch.nn.Linear) or last.bias is None:
+        return None
+    return decoder[:-1], last
 
 
-def _folded_log_likelihood(model, output_layer, codes, x, rows_per_call,
-                           label_row=None):
+def _folded_log_likelihood(model, hidden_layers, output_layer, codes, x,
+                           rows_per_call, label_row=None):
     """log p(x|z) of one image under each of its codes (k, latent_dim): (k,).
 
     The scoring of :func:`_log_likelihood` with the sign flip folded into the
@@ -251,14 +255,23 @@ def _folded_log_likelihood(model, output_layer, codes, x, rows_per_call,
     sign = 1 - 2 * x  # (784,): +1 for a black pixel, -1 for a white one
     weight_t = (output_layer.weight * sign[:, None]).t()  # (hidden, 784)
     bias = output_layer.bias * sign  # (784,)
-    hidden_layers = model.decoder[:-1]
     given = () if label_row is None else (label_row,)
     pieces = []
     for done in range(0, len(codes), rows_per_call):
         inputs = model.decoder_input(codes[done:done + rows_per_call], *given)
         flipped = torch.addmm(bias, hidden_layers(inputs), weight_t)  # (rows, 784)
-        pieces.append(flipped.exp_().add_(1).log_().sum(-1).neg_())  # (rows,)
+        pieces.append(_score_flipped(flipped))  # (rows,)
     return torch.cat(pieces)
+
+
+def _score_flipped(flipped):
+    """-sum_j log(1 + e^f_j) over the last axis, computed in place in ``flipped``.
+
+    With f the logits of black pixels and minus those of white ones, this is log
+    p(x|z): exp, add 1 and log in place run twice as fast as softplus and keep one
+    (rows, 784) block in the CPU's cache. e^f overflows for f > 88, to infinity.
+    """
+    return flipped.exp_().add_(1).log_().sum(-1).neg_()
 
 
 def _log_likelihood(kind, logits, x):
@@ -270,12 +283,10 @@ def _log_likelihood(kind, logits, x):
         matched = (logits @ x[:, :, None]).squeeze(-1)  # (batch, rows)
         return matched - F.softplus(logits).sum(-1)
     # Evaluation. log p(x_j | l_j) is -log(1 + e^-l_j) for a white pixel and
-    # -log(1 + e^l_j) for a black one: flip the sign of the white pixels' logits,
-    # then exp, add 1 and log in place, which together run twice as fast as
-    # softplus and keep one (rows, 784) block in the CPU's cache. e^l overflows only
-    # for l > 88; those blocks are redone with softplus.
+    # -log(1 + e^l_j) for a black one: flip the sign of the white pixels' logits and
+    # score them in place. Blocks with a logit past 88 are redone with softplus.
     flipped = logits * (1 - 2 * x[:, None])  # (batch, rows, 784)
-    log_likelihood = flipped.exp_().add_(1).log_().sum(-1).neg_()  # (batch, rows)
+    log_likelihood = _score_flipped(flipped)  # (batch, rows)
     if bool(torch.isfinite(log_likelihood).all()):
         return log_likelihood
     return -F.softplus(logits * (1 - 2 * x[:, None])).sum(-1)
