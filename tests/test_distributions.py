@@ -324,7 +324,7 @@ def test_pixels_between_the_256_levels_are_refused(generator):
             torch.tensor([0.0, 0.5, 1.0]))
 
 
-@pytest.mark.parametrize("logits_shape", [(6, 784), (3, 6, 784)])
+@pytest.mark.parametrize("logits_shape", [(6, 784), (3, 6, 784), (784,)])
 def test_independent_bernoulli_gives_torch_distributions_floats_bit_for_bit(
         logits_shape):
     generator = torch.Generator().manual_seed(0)
@@ -334,7 +334,8 @@ def test_independent_bernoulli_gives_torch_distributions_floats_bit_for_bit(
     (reference_grad,) = torch.autograd.grad(reference.sum(), logits)
     ours = IndependentBernoulli(Bernoulli(logits=logits), 1).log_prob(x)
     (our_grad,) = torch.autograd.grad(ours.sum(), logits)
-    assert ours.shape == logits_shape[:-1]
+    assert ours.shape == reference.shape == torch.broadcast_shapes(logits_shape,
+                                                                (6, 784))[:-1]
     assert torch.equal(ours, reference) and torch.equal(our_grad, reference_grad)
 
 

@@ -14,7 +14,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from torch.distributions import Independent, Normal, kl_divergence
+from torch.distributions import Distribution, Independent, Normal, kl_divergence
 
 from vae_course.distributions import GreyPixelsError, posterior_from_encoder
 from vae_course.elbo import (
@@ -27,6 +27,7 @@ from vae_course.elbo import (
     mean_terms,
     negative_elbo,
     negative_iwae_bound_of_checked_pixels,
+    unvalidated_distributions,
 )
 from vae_course.evaluate import importance_weighted_log_likelihood
 from vae_course.models import build_vae
@@ -511,3 +512,26 @@ def test_the_bound_refuses_grey_pixels_for_a_bernoulli_model():
     grey = torch.rand(3, 784, generator=torch.Generator().manual_seed(0))
     with pytest.raises(GreyPixelsError, match="binarize"):
         iwae_bound(small_model(), grey, 5)
+
+
+def test_unvalidated_distributions_switches_the_checks_off_and_back_on(
+        validation_switches):
+    with pytest.raises(RuntimeError, match="inside"):
+        with unvalidated_distributions():
+            assert Distribution._validate_args is False
+            raise RuntimeError("inside")
+    assert Distribution._validate_args is True
+    assert validation_switches == [False, True]
+
+
+def test_unvalidated_distributions_inside_another_leaves_the_class_alone(
+        validation_switches):
+    """Setting a class attribute costs every later attribute lookup on distribution
+    objects; nested inside an epoch's, a step's context sets nothing."""
+    with unvalidated_distributions():
+        for _ in range(3):
+            with unvalidated_distributions():
+                assert Distribution._validate_args is False
+        assert Distribution._validate_args is False
+    assert Distribution._validate_args is True
+    assert validation_switches == [False, True]

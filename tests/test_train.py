@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+from torch.distributions import Distribution
 
 from vae_course.checkpoints import load_checkpoint, restore_optimizer, save_checkpoint
 from vae_course.distributions import GreyPixelsError
@@ -646,7 +647,6 @@ def test_iwae_training_resumes_like_a_straight_run(data, tmp_path):
                                     {"iwae_samples": 3}])
 def test_a_compiled_step_trains_like_an_eager_one(data, graph_compiler, kwargs):
     import torch._dynamo
-    from torch.distributions import Distribution
 
     torch._dynamo.reset()
     # PyTorch switches the distributions' checks off at the first torch.compile of
@@ -670,6 +670,20 @@ def test_a_compiled_step_trains_like_an_eager_one(data, graph_compiler, kwargs):
         torch.testing.assert_close(q, p, rtol=1e-4, atol=1e-6)
     assert not parameters_equal(compiled, tiny_model())  # it did train
     assert Distribution._validate_args is True  # a learner's bad input is still caught
+
+
+
+def test_an_epoch_switches_the_checks_off_once_not_in_every_step(
+        data, validation_switches):
+    """Each switch sets a class attribute, which slows every later lookup on the
+    distribution objects: the count must not grow with the steps."""
+    counts = []
+    for batch_size in (128, 8):  # 2 and 32 steps an epoch
+        validation_switches.clear()
+        train(tiny_model(), data, batch_size=batch_size)
+        counts.append(len(validation_switches))
+    assert counts[0] == counts[1] > 0
+    assert Distribution._validate_args is True
 
 
 def test_compiled_must_be_a_bool(data):

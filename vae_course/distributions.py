@@ -76,7 +76,9 @@ class IndependentBernoulli(Independent):
         base = self.base_dist
         if base._validate_args:
             base._validate_sample(value)  # Bernoulli's own check and message
-        logits, value = broadcast_all(base.logits, value)
+        logits = base.logits
+        if logits.shape != value.shape:  # a batch of images against one's logits
+            logits, value = broadcast_all(logits, value)
         return -F.binary_cross_entropy_with_logits(logits, value,
                                                    reduction="none").sum(-1)
 

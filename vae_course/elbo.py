@@ -127,6 +127,11 @@ def unvalidated_distributions():
     training step. Only for inputs the caller has already checked.
     """
     previous = Distribution._validate_args
+    if not previous:  # already off, for instance around a whole epoch of steps
+        yield
+        return
+    # Setting a class attribute makes Python forget what it had learnt about the
+    # attributes of every distribution class: done once around many steps, not in each.
     Distribution.set_default_validate_args(False)
     try:
         yield
