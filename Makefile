@@ -47,7 +47,8 @@ EXECUTE := $(JUPYTER) nbconvert --to notebook --execute \
 	--ExecutePreprocessor.timeout=$(CELL_TIMEOUT) \
 	--ExecutePreprocessor.kernel_name=python3
 
-.PHONY: help install lab test test-portable course notebook checkpoints benchmark reference clean \
+.PHONY: help install lab test test-portable course notebook checkpoints benchmark \
+	benchmark-instructions reference clean \
 	distclean
 
 help:
@@ -60,6 +61,7 @@ help:
 	@echo "make book      the course as a website into build/book/"
 	@echo "make checkpoints  retrain the two committed course models (lessons 04, 05)"
 	@echo "make benchmark    time the trainer and the log-likelihood, as ratios"
+	@echo "make benchmark-instructions  a step's instructions, fit / hand loop (valgrind)"
 	@echo "make reference    train and evaluate the reference models, update README"
 	@echo "make install   create .venv and install the course (done by the others)"
 	@echo "make clean     remove build/ and caches; make distclean also removes .venv"
@@ -140,6 +142,11 @@ checkpoints: $(STAMP)
 benchmark: $(STAMP)
 	$(BIN)/python benchmarks/epoch_speed.py --epochs 5
 	$(BIN)/python benchmarks/busy_machine.py --steps 100 --repeats 3
+
+# The instructions of a training step, which the machine's load does not change:
+# fit against the hand-written loop, counted by Valgrind (about twelve minutes).
+benchmark-instructions: $(STAMP)
+	$(BIN)/python benchmarks/step_instructions.py --steps 10 --repeats 2
 
 # Trains the reference models through the CLI (GPU when present), keeps the epoch
 # each chose on the validation images in checkpoints/reference/, evaluates them on

@@ -77,7 +77,7 @@ class IndependentBernoulli(Independent):
         if base._validate_args:
             base._validate_sample(value)  # Bernoulli's own check and message
         logits = base.logits
-        if logits.shape != value.shape:  # a batch of images against one's logits
+        if logits.shape != value.shape:  # e.g. one set of logits for many images
             logits, value = broadcast_all(logits, value)
         return -F.binary_cross_entropy_with_logits(logits, value,
                                                    reduction="none").sum(-1)
