@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import gc
 import os
 import re
 import shutil
@@ -119,6 +120,10 @@ def count_epochs(args) -> None:
         run_epoch()  # allocations and first calls, left out of the counts
     for _ in range(args.repeats):
         for name, run_epoch in epochs.items():
+            # A full collection sweeps every object of the process (PyTorch's
+            # hundreds of thousands): in whichever epoch it fell, it would swamp the
+            # difference. Collected here, each epoch counts its own garbage only.
+            gc.collect()
             marks.zero_counts()
             run_epoch()
             marks.dump_counts(name.encode())

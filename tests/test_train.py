@@ -672,7 +672,6 @@ def test_a_compiled_step_trains_like_an_eager_one(data, graph_compiler, kwargs):
     assert Distribution._validate_args is True  # a learner's bad input is still caught
 
 
-
 def test_an_epoch_switches_the_checks_off_once_not_in_every_step(
         data, validation_switches):
     """Each switch sets a class attribute, which slows every later lookup on the
