@@ -213,34 +213,31 @@ def _train_epoch(model, optimizer, images, *, batch_size, binarize, beta, warmup
     records: list[tuple[torch.Tensor, ...]] = []
     sums = []  # (steps, 3) blocks of the records looked at so far
     order = torch.randperm(len(images), device=images.device)
-    # Every step's loss builds its distributions unchecked (fit checked the pixels);
-    # switched off here once for the epoch, the steps find them off already.
-    with unvalidated_distributions():
-        for step in range(1, num_steps + 1):
-            start = (step - 1) * batch_size
-            indices = order[start:start + batch_size]
-            batch = images[indices]  # (batch, 784)
-            labels = None if label_rows is None else label_rows[indices]  # one-hot rows
-            if binarize:
-                # A fresh draw each time it is seen; fit checked the grey levels.
-                batch = torch.bernoulli(batch)
-            weight = warmup_weight(step_offset + step, beta, warmup_steps)
-            loss, terms = loss_of(model, batch, weight, labels)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            records.append((terms["reconstruction"].detach(), terms["entropy"].detach(),
-                            terms["cross_entropy"].detach()))
-            if step % CHECK_EVERY == 0 or step == num_steps:
-                looked_at = step - len(records)
-                block = _step_sums(records)  # (steps, 3)
-                _check_finite(block, looked_at, epoch)
-                sums.append(block)
-                records = []
-                reconstruction, entropy, cross_entropy = block[-1].tolist()
-                last_loss = (cross_entropy - entropy - reconstruction) / len(batch)
-                bar.update(len(block))
-                bar.set_postfix(epoch=epoch, loss=f"{last_loss:.2f}")
+    for step in range(1, num_steps + 1):
+        start = (step - 1) * batch_size
+        indices = order[start:start + batch_size]
+        batch = images[indices]  # (batch, 784)
+        labels = None if label_rows is None else label_rows[indices]  # one-hot rows
+        if binarize:
+            # A fresh draw each time it is seen; fit checked the grey levels.
+            batch = torch.bernoulli(batch)
+        weight = warmup_weight(step_offset + step, beta, warmup_steps)
+        loss, terms = loss_of(model, batch, weight, labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        records.append((terms["reconstruction"].detach(), terms["entropy"].detach(),
+                        terms["cross_entropy"].detach()))
+        if step % CHECK_EVERY == 0 or step == num_steps:
+            looked_at = step - len(records)
+            block = _step_sums(records)  # (steps, 3)
+            _check_finite(block, looked_at, epoch)
+            sums.append(block)
+            records = []
+            reconstruction, entropy, cross_entropy = block[-1].tolist()
+            last_loss = (cross_entropy - entropy - reconstruction) / len(batch)
+            bar.update(len(block))
+            bar.set_postfix(epoch=epoch, loss=f"{last_loss:.2f}")
     # Sum in float64 so that the epoch's mean does not depend on the step count.
     reconstruction, entropy, cross_entropy = torch.cat(sums).double().sum(0).tolist()
     totals = {"reconstruction": reconstruction, "entropy": entropy,
@@ -376,11 +373,16 @@ def fit(model, train_images: torch.Tensor,
             torch.manual_seed(seed * 1_000_003 + epoch)
             started = time.perf_counter()
             model.train()
-            train_terms = _train_epoch(
-                model, optimizer, train, batch_size=batch_size, binarize=binarize,
-                beta=beta, warmup_steps=warmup_epochs * steps_per_epoch, epoch=epoch,
-                step_offset=(epoch - 1) * steps_per_epoch, bar=bar, loss_of=loss_of,
-                label_rows=train_rows)
+            # Every step's loss builds its distributions unchecked (the pixels were
+            # checked above); switched off once for the epoch, the steps find them
+            # off already. The validation pass below keeps torch's checks.
+            with unvalidated_distributions():
+                train_terms = _train_epoch(
+                    model, optimizer, train, batch_size=batch_size,
+                    binarize=binarize, beta=beta,
+                    warmup_steps=warmup_epochs * steps_per_epoch, epoch=epoch,
+                    step_offset=(epoch - 1) * steps_per_epoch, bar=bar,
+                    loss_of=loss_of, label_rows=train_rows)
             seconds = time.perf_counter() - started
             # The loop looks at the losses, not at what the last step did to the
             # weights: that is checked here, before the model is tested or saved.
