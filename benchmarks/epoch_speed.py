@@ -3,7 +3,8 @@
 Training: five loops train the same default model (784-100-100-64 / 32-100-100-784,
 batch 100, Adam 1e-3, dynamic binarization of every batch), alternating epochs so
 that the load of the machine hits them alike; each epoch's time is divided by its
-neighbour's, in wall-clock and in CPU seconds, and the median ratio reported:
+neighbour's, in wall-clock and in CPU seconds, and the median ratio reported, with
+the minor page faults of each epoch (memory the system hands out page by page):
 
 - the Deep Bayes tutorial's loop: torchvision DataLoaders converting every image
   from PIL with ``ToTensor`` on every pass, and the course's ``negative_elbo``;
@@ -128,15 +129,22 @@ def alternate(contenders: dict, pairs: list[tuple[str, str]], epochs: int) -> No
     """Run one epoch of each contender in turn, ``epochs`` times; print the ratios."""
     wall = {name: [] for name in contenders}
     cpu = {name: [] for name in contenders}
+    faults = {name: [] for name in contenders}
     for epoch in range(1, epochs + 1):
         for name, run_epoch in contenders.items():
+            before = minor_page_faults()
             seconds, cpu_seconds = timed(run_epoch)
             wall[name].append(seconds)
             cpu[name].append(cpu_seconds)
+            faults[name].append(minor_page_faults() - before)
         print(f"epoch {epoch}: " + ", ".join(f"{name} {seconds[-1]:.2f} s"
                                              for name, seconds in wall.items()))
     print(f"median of {epochs} epochs: " + ", ".join(
         f"{name} {statistics.median(seconds):.2f} s" for name, seconds in wall.items()))
+    # Memory the system hands the process page by page, which the kernel's time pays
+    # for: seconds that an instruction count of the process does not see.
+    print("minor page faults per epoch (median): " + ", ".join(
+        f"{name} {statistics.median(counts):.0f}" for name, counts in faults.items()))
     # Each epoch's ratio to its neighbour in time: a load that drifts over the run
     # hits both alike. CPU seconds (this process's, all threads) also leave out the
     # time other programs held the cores.
@@ -151,6 +159,16 @@ def timed(run) -> tuple[float, float]:
     wall, cpu = time.perf_counter(), time.process_time()
     run()
     return time.perf_counter() - wall, time.process_time() - cpu
+
+
+def minor_page_faults() -> int:
+    """The page faults of this process so far that needed no disk; 0 where the
+    system does not count them (the ``resource`` module is Unix's)."""
+    try:
+        import resource
+    except ImportError:
+        return 0
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
 def paired_ratio(seconds: dict[str, list[float]], numerator: str,

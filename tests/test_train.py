@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import gc
 import math
 
 import pytest
@@ -683,6 +684,34 @@ def test_an_epoch_switches_the_checks_off_once_not_in_every_step(
         counts.append(len(validation_switches))
     assert counts[0] == counts[1] > 0
     assert Distribution._validate_args is True
+
+
+def live_tensors() -> int:
+    # type(), not isinstance(): the latter fails on a weak proxy whose object is gone.
+    kinds = (torch.Tensor, torch.nn.Parameter)
+    return sum(1 for thing in gc.get_objects() if type(thing) in kinds)
+
+
+def test_a_step_keeps_no_tensor_of_its_own_alive(data, monkeypatch):
+    """Between two looks at the losses, the steps' terms go into one buffer: the
+    number of live tensors must not grow with the steps (small tensors kept over
+    many steps cost the hand-written loop's speed in page faults)."""
+    import vae_course.train
+
+    real_negative_elbo = vae_course.train.negative_elbo_of_checked_pixels
+    counts = {}
+
+    def counting(model, x, beta=1.0, **kwargs):
+        counts[len(counts) + 1] = live_tensors()
+        return real_negative_elbo(model, x, beta=beta, **kwargs)
+
+    monkeypatch.setattr(vae_course.train, "negative_elbo_of_checked_pixels", counting)
+    images = data[0][:240]  # 40 steps of 6: all between two looks
+    assert len(images) // 6 < vae_course.train.CHECK_EVERY
+    fit(tiny_model(), images, num_epochs=1, batch_size=6, progress=False)
+    assert len(counts) == 40
+    # From step 3 on, Adam's state and the buffer exist: nothing more may pile up.
+    assert counts[40] == counts[3], (counts[3], counts[40])
 
 
 def test_compiled_must_be_a_bool(data):

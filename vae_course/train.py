@@ -207,11 +207,16 @@ def _compile(function: Callable) -> Callable:
 def _train_epoch(model, optimizer, images, *, batch_size, binarize, beta, warmup_steps,
                  epoch, step_offset, bar, loss_of, label_rows=None) -> dict[str, float]:
     num_steps = math.ceil(len(images) / batch_size)
-    # Each step's per-image terms (reconstruction, entropy, cross-entropy), left on
-    # the device and summed only when they are looked at: a step adds no work of
-    # its own to the model's.
-    records: list[tuple[torch.Tensor, ...]] = []
-    sums = []  # (steps, 3) blocks of the records looked at so far
+    # Each step's per-image terms (reconstruction, entropy, cross-entropy), copied
+    # into one buffer on the device and summed only when they are looked at: a step
+    # adds no work of its own to the model's. Nor does it keep tensors of its own
+    # alive until then: small tensors held over many steps made the memory allocator
+    # hand memory back to the system and fault it in again, thousands of page faults
+    # an epoch that the hand-written loop of benchmarks/epoch_speed.py does not have.
+    buffer = None  # (CHECK_EVERY, 3, batch_size), made at the first step
+    filled = 0  # full batches in the buffer since the last look
+    short = None  # (1, 3): the sums of a smaller last batch
+    sums = []  # (steps, 3) blocks of the steps looked at so far
     order = torch.randperm(len(images), device=images.device)
     for step in range(1, num_steps + 1):
         start = (step - 1) * batch_size
@@ -226,14 +231,21 @@ def _train_epoch(model, optimizer, images, *, batch_size, binarize, beta, warmup
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        records.append((terms["reconstruction"].detach(), terms["entropy"].detach(),
-                        terms["cross_entropy"].detach()))
+        step_terms = (terms["reconstruction"], terms["entropy"], terms["cross_entropy"])
+        with torch.no_grad():
+            if len(batch) == batch_size:
+                if buffer is None:
+                    buffer = step_terms[0].new_empty((CHECK_EVERY, 3, batch_size))
+                torch.stack(step_terms, out=buffer[filled])
+                filled += 1
+            else:  # the last batch, when it is smaller, is summed at once
+                short = torch.stack(step_terms).sum(-1)[None]
         if step % CHECK_EVERY == 0 or step == num_steps:
-            looked_at = step - len(records)
-            block = _step_sums(records)  # (steps, 3)
+            block = _step_sums(buffer, filled, short)  # (steps, 3)
+            looked_at = step - len(block)
             _check_finite(block, looked_at, epoch)
             sums.append(block)
-            records = []
+            filled, short = 0, None
             reconstruction, entropy, cross_entropy = block[-1].tolist()
             last_loss = (cross_entropy - entropy - reconstruction) / len(batch)
             bar.update(len(block))
@@ -246,20 +258,15 @@ def _train_epoch(model, optimizer, images, *, batch_size, binarize, beta, warmup
     return {name: totals[name] / len(images) for name in TERMS}
 
 
-def _step_sums(records) -> torch.Tensor:
+def _step_sums(buffer, filled: int, short) -> torch.Tensor:
     """Each step's sums over its images of the three terms: (steps, 3).
 
-    The full batches are stacked and summed in one call, a smaller last batch alone.
+    ``buffer[:filled]`` holds the full batches' terms, (steps, 3, batch), summed in
+    one call; ``short`` is the (1, 3) sums of a smaller last batch, or None.
     """
-    size = len(records[0][0])
-    full = [record for record in records if len(record[0]) == size]
-    rest = [record for record in records if len(record[0]) != size]
-    blocks = []
-    if full:  # (steps, 3, batch) -> (steps, 3)
-        # (steps, batch) for each term
-        by_term = [torch.stack(term) for term in zip(*full, strict=True)]
-        blocks.append(torch.stack(by_term, 1).sum(-1))
-    blocks += [torch.stack(record).sum(-1)[None] for record in rest]  # (1, 3) each
+    blocks = [buffer[:filled].sum(-1)] if filled else []
+    if short is not None:
+        blocks.append(short)
     return torch.cat(blocks)
 
 
