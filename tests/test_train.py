@@ -695,7 +695,7 @@ def live_tensors() -> int:
 def test_a_step_keeps_no_tensor_of_its_own_alive(data, monkeypatch):
     """Between two looks at the losses, the steps' terms go into one buffer: the
     number of live tensors must not grow with the steps (small tensors kept over
-    many steps cost the hand-written loop's speed in page faults)."""
+    many steps made the allocator fault memory in again and again)."""
     import vae_course.train
 
     real_negative_elbo = vae_course.train.negative_elbo_of_checked_pixels

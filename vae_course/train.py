@@ -211,8 +211,9 @@ def _train_epoch(model, optimizer, images, *, batch_size, binarize, beta, warmup
     # into one buffer on the device and summed only when they are looked at: a step
     # adds no work of its own to the model's. Nor does it keep tensors of its own
     # alive until then: small tensors held over many steps made the memory allocator
-    # hand memory back to the system and fault it in again, thousands of page faults
-    # an epoch that the hand-written loop of benchmarks/epoch_speed.py does not have.
+    # hand memory back to the system and fault it in again (thousands of page faults
+    # in an epoch of 100 steps, where the hand-written loop of
+    # benchmarks/epoch_speed.py had next to none).
     buffer = None  # (CHECK_EVERY, 3, batch_size), made at the first step
     filled = 0  # full batches in the buffer since the last look
     short = None  # (1, 3): the sums of a smaller last batch
