@@ -214,7 +214,8 @@ def _train_epoch(model, optimizer, images, *, batch_size, binarize, beta, warmup
     # hand memory back to the system and fault it in again (thousands of page faults
     # in an epoch of 100 steps, where the hand-written loop of
     # benchmarks/epoch_speed.py had next to none).
-    buffer = None  # (CHECK_EVERY, 3, batch_size), made at the first step
+    # fit checked that the images have the model's dtype and moved them to its device.
+    buffer = images.new_empty((CHECK_EVERY, 3, batch_size))  # full batches' terms
     filled = 0  # full batches in the buffer since the last look
     short = None  # (1, 3): the sums of a smaller last batch
     sums = []  # (steps, 3) blocks of the steps looked at so far
@@ -235,8 +236,6 @@ def _train_epoch(model, optimizer, images, *, batch_size, binarize, beta, warmup
         step_terms = (terms["reconstruction"], terms["entropy"], terms["cross_entropy"])
         with torch.no_grad():
             if len(batch) == batch_size:
-                if buffer is None:
-                    buffer = step_terms[0].new_empty((CHECK_EVERY, 3, batch_size))
                 torch.stack(step_terms, out=buffer[filled])
                 filled += 1
             else:  # the last batch, when it is smaller, is summed at once
