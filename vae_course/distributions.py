@@ -59,7 +59,37 @@ def posterior_from_encoder(encoder_output: torch.Tensor) -> Independent:
             f"so its last size must be even; got {tuple(encoder_output.shape)}"
         )
     loc, log_scale = encoder_output.chunk(2, dim=-1)  # (batch, latent_dim) each
-    return Independent(Normal(loc, log_scale.exp()), 1)
+    if Distribution._validate_args:  # torch checks the arguments as it builds them
+        return Independent(Normal(loc, log_scale.exp()), 1)
+    return _independent(Independent, _unchecked(Normal, loc.shape, loc=loc,
+                                                 scale=log_scale.exp()))
+
+
+def _unchecked(family, batch_shape, **parameters) -> Distribution:
+    """``family(**parameters)`` as torch builds it when argument checks are off.
+
+    Only for parameters that are tensors of shape ``batch_shape`` already, while
+    ``Distribution._validate_args`` is False (the trainer's steps). torch's
+    constructors first broadcast their arguments against each other, which here
+    changes no number but costs Python and a view of every tensor at each step: a
+    few percent of a small model's training step (benchmarks/epoch_speed.py times
+    the steps). The object is the same: an instance of ``family`` with the
+    attributes its constructor sets (tests/test_distributions.py compares them).
+    """
+    distribution = family.__new__(family)
+    vars(distribution).update(parameters)
+    Distribution.__init__(distribution, batch_shape)  # checks nothing: they are off
+    return distribution
+
+
+def _independent(kind, base: Distribution) -> Independent:
+    """``kind(base, 1)`` as :func:`_unchecked` builds it: the last batch dimension
+    of ``base`` becomes the event (``kind`` is Independent or a subclass)."""
+    shape = base.batch_shape
+    distribution = kind.__new__(kind)
+    distribution.base_dist, distribution.reinterpreted_batch_ndims = base, 1
+    Distribution.__init__(distribution, shape[:-1], shape[-1:])
+    return distribution
 
 
 class IndependentBernoulli(Independent):
@@ -217,7 +247,11 @@ def likelihood_from_logits(logits: torch.Tensor, kind: str = "bernoulli") -> Ind
     log-scales (clamped to :data:`LOG_SCALE_RANGE`).
     """
     if kind == "bernoulli":
-        return IndependentBernoulli(Bernoulli(logits=logits), 1)
+        if Distribution._validate_args:
+            return IndependentBernoulli(Bernoulli(logits=logits), 1)
+        # torch's Bernoulli keeps its logits twice: as logits and as _param
+        bernoulli = _unchecked(Bernoulli, logits.shape, logits=logits, _param=logits)
+        return _independent(IndependentBernoulli, bernoulli)
     if kind == "continuous_bernoulli":
         return Independent(ContinuousBernoulli(logits=logits), 1)
     if kind == "discretized_logistic":
