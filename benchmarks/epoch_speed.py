@@ -20,6 +20,12 @@ the minor page faults of each epoch (memory the system hands out page by page):
   round, with ``fit`` and the hand-written loop measured again beside it, so that
   the compiler (its threads, its memory) has not run yet when the first round does.
 
+Steps: the course's loss (what ``fit`` calls at each step) and the hand-written
+loss train a model each, taking turns step by step, so that both see the same load
+within milliseconds; the mean time of each loss and of each whole step is printed.
+This resolves the cost of the distribution objects, a few percent of a step, which
+the epochs' ratios scatter over.
+
 Evaluation: the importance-sampled log-likelihood (K samples for each of N images)
 against the rate of a 2048 x 2048 matmul measured in the same process, counting the
 decoder's multiply-adds only, with one thread and with the threads ``vc.setup`` chose.
@@ -50,18 +56,28 @@ def dataloader_epoch(model, optimizer, train_loader) -> None:
         optimizer.step()
 
 
+def handwritten_loss(model, batch) -> torch.Tensor:
+    """The negative ELBO with no distribution objects: the closed-form KL."""
+    loc, log_scale = model.encoder(batch).chunk(2, dim=-1)  # (batch, latent) each
+    z = loc + log_scale.exp() * torch.randn_like(loc)
+    logits = model.decoder(z)  # (batch, 784)
+    reconstruction = -F.binary_cross_entropy_with_logits(
+        logits, batch, reduction="none").sum(-1)
+    kl = 0.5 * (loc**2 + (2 * log_scale).exp() - 1 - 2 * log_scale).sum(-1)
+    return (kl - reconstruction).mean()
+
+
+def course_loss(model, batch) -> torch.Tensor:
+    """The loss of fit's steps: torch.distributions objects, three terms."""
+    return vc.elbo.negative_elbo_of_checked_pixels(model, batch)[0]
+
+
 def handwritten_epoch(model, optimizer, images, batch_size) -> None:
     model.train()
     order = torch.randperm(len(images))
     for start in range(0, len(images), batch_size):
         batch = torch.bernoulli(images[order[start:start + batch_size]])  # (batch, 784)
-        loc, log_scale = model.encoder(batch).chunk(2, dim=-1)  # (batch, latent) each
-        z = loc + log_scale.exp() * torch.randn_like(loc)
-        logits = model.decoder(z)  # (batch, 784)
-        reconstruction = -F.binary_cross_entropy_with_logits(
-            logits, batch, reduction="none").sum(-1)
-        kl = 0.5 * (loc**2 + (2 * log_scale).exp() - 1 - 2 * log_scale).sum(-1)
-        loss = (kl - reconstruction).mean()
+        loss = handwritten_loss(model, batch)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -209,6 +225,53 @@ def compare_operator_calls(batch_size: int, num_steps: int = 20) -> None:
     print(f"fit / hand-written loop: {ratio:.2f}x the calls")
 
 
+def compare_steps(losses: dict, images: torch.Tensor, batch_size: int,
+                  num_steps: int, warmup_steps: int = 50) -> dict[str, dict]:
+    """Training steps of each loss in turn, one model each, the order rotating.
+
+    Taking turns step by step, the losses see the same load within milliseconds,
+    which epochs seconds long do not: this resolves a percent where the epochs'
+    ratios scatter by several. Each step trains on the same fresh binarization for
+    all. Prints and returns the mean microseconds of the loss (its forward pass)
+    and of the whole step, and the whole step's ratio to the first loss's.
+    """
+    names = list(losses)
+    trainers = {}
+    for name in names:
+        model = vc.models.build_vae()
+        model.train()
+        trainers[name] = (model, torch.optim.Adam(model.parameters(), lr=1e-3))
+    forward = {name: 0.0 for name in names}
+    whole = {name: 0.0 for name in names}
+    with vc.elbo.unvalidated_distributions():  # as in fit's epochs
+        for step in range(warmup_steps + num_steps):
+            start = step * batch_size % (len(images) - batch_size + 1)
+            batch = torch.bernoulli(images[start:start + batch_size])  # (batch, 784)
+            turn = step % len(names)
+            for name in names[turn:] + names[:turn]:
+                model, optimizer = trainers[name]
+                started = time.perf_counter()
+                loss = losses[name](model, batch)
+                computed = time.perf_counter()
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                if step >= warmup_steps:
+                    forward[name] += computed - started
+                    whole[name] += time.perf_counter() - started
+    print(f"\ntraining steps taking turns ({num_steps} each after {warmup_steps}, "
+          f"batch {batch_size}, {torch.get_num_threads()} thread(s)), mean µs:")
+    results = {}
+    for name in names:
+        results[name] = {"forward_us": forward[name] / num_steps * 1e6,
+                         "step_us": whole[name] / num_steps * 1e6,
+                         "ratio": whole[name] / whole[names[0]]}
+        print(f"{name}: loss {results[name]['forward_us']:.0f} µs, whole step "
+              f"{results[name]['step_us']:.0f} µs, {results[name]['ratio']:.3f}x "
+              f"{names[0]}'s step")
+    return results
+
+
 def decoder_flops(model) -> int:
     """Multiply-adds (counted as two FLOPs) of one decoded sample, MLP decoders."""
     return sum(2 * layer.in_features * layer.out_features
@@ -272,6 +335,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=5, help="epochs of each loop")
     parser.add_argument("--batch-size", type=int, default=100)
+    parser.add_argument("--steps", type=int, default=1000,
+                        help="steps of each loss in the step-by-step comparison")
     parser.add_argument("--iwae-images", type=int, default=100)
     parser.add_argument("--iwae-k", type=int, default=1000)
     parser.add_argument("--iwae-repeats", type=int, default=5)
@@ -286,6 +351,10 @@ def main() -> None:
     compare_log_likelihood(args.iwae_images, args.iwae_k, args.iwae_repeats)
     if not args.skip_training:
         compare_operator_calls(args.batch_size)
+        train_images, _ = vc.data.load_mnist("train")
+        compare_steps({"hand-written loss": handwritten_loss,
+                       "the course's loss": course_loss},
+                      train_images, args.batch_size, args.steps)
         compare_training(args.epochs, args.batch_size, not args.skip_compiled)
 
 
