@@ -65,7 +65,12 @@ def posterior_from_encoder(encoder_output: torch.Tensor) -> Independent:
                                                  scale=log_scale.exp()))
 
 
-def _unchecked(family, batch_shape, **parameters) -> Distribution:
+# The event shape of a distribution over one number (Normal, Bernoulli).
+_NO_EVENT = torch.Size()
+
+
+def _unchecked(family, batch_shape, event_shape=_NO_EVENT,
+               **parameters) -> Distribution:
     """``family(**parameters)`` as torch builds it when argument checks are off.
 
     Only for parameters that are tensors of shape ``batch_shape`` already, while
@@ -78,7 +83,8 @@ def _unchecked(family, batch_shape, **parameters) -> Distribution:
     """
     distribution = family.__new__(family)
     vars(distribution).update(parameters)
-    Distribution.__init__(distribution, batch_shape)  # checks nothing: they are off
+    # With the checks off, this sets the two shapes and checks nothing.
+    Distribution.__init__(distribution, batch_shape, event_shape)
     return distribution
 
 
@@ -86,10 +92,8 @@ def _independent(kind, base: Distribution) -> Independent:
     """``kind(base, 1)`` as :func:`_unchecked` builds it: the last batch dimension
     of ``base`` becomes the event (``kind`` is Independent or a subclass)."""
     shape = base.batch_shape
-    distribution = kind.__new__(kind)
-    distribution.base_dist, distribution.reinterpreted_batch_ndims = base, 1
-    Distribution.__init__(distribution, shape[:-1], shape[-1:])
-    return distribution
+    return _unchecked(kind, shape[:-1], shape[-1:], base_dist=base,
+                      reinterpreted_batch_ndims=1)
 
 
 class IndependentBernoulli(Independent):
