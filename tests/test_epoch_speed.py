@@ -49,3 +49,19 @@ def test_the_step_comparison_charges_each_loss_its_own_time(capsys):
     assert slower["ratio"] > 1 and hand["ratio"] == 1
     assert all(result["forward_us"] < result["step_us"] for result in results.values())
     assert "the course's loss: loss" in capsys.readouterr().out
+
+
+def test_the_recorded_ratio_is_fits_own_train_seconds_over_the_other_loop(capsys):
+    images = torch.rand(200, 784)
+    fit_epochs = epoch_speed.FitEpochs(epoch_speed.vc.models.build_vae(), images, 100)
+    wall = epoch_speed.alternate({"fit": fit_epochs, "nothing": lambda: None},
+                                 [("fit", "nothing")], epochs=3)
+    assert len(fit_epochs.recorded) == 3 == len(wall["nothing"])
+    assert fit_epochs.recorded == fit_epochs.history.column("seconds")
+    # Timed from outside, each call also pays fit's entry: more than it records.
+    assert all(outside > recorded for outside, recorded
+               in zip(wall["fit"], fit_epochs.recorded, strict=True))
+    wall["nothing"] = [seconds / 2 for seconds in fit_epochs.recorded]
+    capsys.readouterr()
+    epoch_speed.print_recorded_ratio(fit_epochs, wall, "nothing", epochs=3)
+    assert "recorded train seconds / nothing: 2.000x" in capsys.readouterr().out

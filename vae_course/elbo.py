@@ -161,6 +161,8 @@ def terms_of_checked_pixels(model, x: torch.Tensor,
     :func:`beta_loss`, so that a β that changes at every step of a warm-up does not
     make ``torch.compile`` build the graph again for each value.
     """
+    if not Distribution._validate_args:  # off already: the trainer's epochs
+        return _terms_of_checked_pixels(model, x, 1, True, labels)
     with unvalidated_distributions():
         return _terms_of_checked_pixels(model, x, 1, True, labels)
 
