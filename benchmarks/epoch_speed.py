@@ -93,7 +93,6 @@ class FitEpochs:
         self.compiled = compiled
         self.recorded = []  # the train seconds fit records for each epoch
 
-
     def __call__(self) -> None:
         epochs = 1 + (len(self.history) if self.history is not None else 0)
         self.history = vc.train.fit(self.model, self.images, num_epochs=epochs,
