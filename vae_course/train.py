@@ -217,7 +217,7 @@ def _train_epoch(model, optimizer, images, *, batch_size, binarize, beta, warmup
     # fit checked that the images have the model's dtype and moved them to its device.
     buffer = images.new_empty((CHECK_EVERY, 3, batch_size))  # full batches' terms
     # Its rows as views made once: a view made at each step (buffer[filled]) cost 1
-    # to 2% of a step in two of three step-by-step timings (as epoch_speed.py's).
+    # to 3% of a step in two of three step-by-step timings (as epoch_speed.py's).
     rows = buffer.unbind(0)  # CHECK_EVERY views, (3, batch) each
     filled = 0  # full batches in the buffer since the last look
     short = None  # (1, 3): the sums of a smaller last batch
