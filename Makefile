@@ -41,8 +41,10 @@ ALLOW_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root)
 # one after another.
 TEST_WORKERS ?= 2
 PARALLEL := $(if $(filter 1,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile)
+# A kernel gets 5 minutes to start, not nbval's 60 s: a loaded CI machine, starting
+# one kernel beside another worker's, once took longer than that.
 NBVAL_FLAGS := --nbval-lax --nbval-current-env \
-	--nbval-sanitize-with tests/nbval_sanitize.cfg
+	--nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-kernel-startup-timeout 300
 EXECUTE := $(JUPYTER) nbconvert --to notebook --execute \
 	--ExecutePreprocessor.timeout=$(CELL_TIMEOUT) \
 	--ExecutePreprocessor.kernel_name=python3
