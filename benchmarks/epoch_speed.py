@@ -91,7 +91,6 @@ class FitEpochs:
         self.optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
         self.history = None
         self.compiled = compiled
-        self.recorded = []  # the train seconds fit records for each epoch
 
     def __call__(self) -> None:
         epochs = 1 + (len(self.history) if self.history is not None else 0)
@@ -99,7 +98,6 @@ class FitEpochs:
                                     batch_size=self.batch_size, progress=False,
                                     history=self.history, optimizer=self.optimizer,
                                     compiled=self.compiled)
-        self.recorded.append(self.history.column("seconds")[-1])
 
 
 def compare_training(epochs: int, batch_size: int, compiled: bool) -> None:
@@ -138,7 +136,6 @@ def compare_training(epochs: int, batch_size: int, compiled: bool) -> None:
     seconds, _ = timed(fit_compiled)  # builds the graphs: not one of the epochs
     print(f"\nfit(compiled=True): its first epoch, compiling, took {seconds:.1f} s; "
           "then, in the same process:")
-    fit_epochs.recorded.clear()
     wall = alternate({fit: fit_epochs, hand: hand_epoch, control: control_epoch,
                       "fit, compiled": fit_compiled},
                      [(fit, hand), (control, hand), ("fit, compiled", hand),
@@ -154,7 +151,7 @@ def print_recorded_ratio(fit_epochs: FitEpochs, wall: dict, hand: str,
     images' pixels, the arguments), which a run of many epochs pays once: this
     ratio leaves them out, as the train seconds of the history do.
     """
-    recorded = fit_epochs.recorded[-epochs:]
+    recorded = fit_epochs.history.column("seconds")[-epochs:]
     ratio = statistics.median(a / b for a, b in zip(recorded, wall[hand], strict=True))
     print(f"vc.train.fit's recorded train seconds / {hand}: {ratio:.3f}x wall clock "
           f"(median of {epochs} paired epochs; entry checks left out)")
