@@ -60,19 +60,3 @@ def graph_compiler(monkeypatch):
 
     monkeypatch.setattr(torch, "compile", compile_graphs)
     return requests
-
-
-@pytest.fixture
-def validation_switches(monkeypatch) -> list[bool]:
-    """Every value given to ``Distribution.set_default_validate_args`` in the test."""
-    from torch.distributions import Distribution
-
-    switches, set_default = [], Distribution.set_default_validate_args
-
-    def recording(value):
-        switches.append(value)
-        set_default(value)
-
-    monkeypatch.setattr(Distribution, "set_default_validate_args",
-                        staticmethod(recording))
-    return switches

@@ -20,13 +20,12 @@ from vae_course.distributions import (
     NUM_LEVELS,
     DiscretizedLogistic,
     GreyPixelsError,
-    IndependentBernoulli,
     check_pixels,
     likelihood_from_logits,
     posterior_from_encoder,
     standard_normal_prior,
+    unchecked_arguments,
 )
-from vae_course.elbo import unvalidated_distributions
 
 
 @pytest.fixture
@@ -325,85 +324,14 @@ def test_pixels_between_the_256_levels_are_refused(generator):
             torch.tensor([0.0, 0.5, 1.0]))
 
 
-@pytest.mark.parametrize("logits_shape", [(6, 784), (3, 6, 784), (784,)])
-def test_independent_bernoulli_gives_torch_distributions_floats_bit_for_bit(
-        logits_shape):
-    generator = torch.Generator().manual_seed(0)
-    logits = (torch.randn(logits_shape, generator=generator) * 8).requires_grad_()
-    x = torch.bernoulli(torch.full((6, 784), 0.4), generator=generator)
-    reference = Independent(Bernoulli(logits=logits), 1).log_prob(x)
-    (reference_grad,) = torch.autograd.grad(reference.sum(), logits)
-    ours = IndependentBernoulli(Bernoulli(logits=logits), 1).log_prob(x)
-    (our_grad,) = torch.autograd.grad(ours.sum(), logits)
-    assert ours.shape == reference.shape == torch.broadcast_shapes(logits_shape,
-                                                                (6, 784))[:-1]
-    assert torch.equal(ours, reference) and torch.equal(our_grad, reference_grad)
-
-
-def test_independent_bernoulli_refuses_grey_pixels_as_bernoulli_does():
-    logits, grey = torch.zeros(2, 784), torch.full((2, 784), 0.5)
-    with pytest.raises(ValueError) as reference:
-        Independent(Bernoulli(logits=logits, validate_args=True), 1).log_prob(grey)
-    with pytest.raises(ValueError) as ours:
-        IndependentBernoulli(Bernoulli(logits=logits, validate_args=True),
-                             1).log_prob(grey)
-    assert str(ours.value) == str(reference.value)
-
-
-def _same_object(ours, torchs):
-    """The same class, the same attributes, tensors equal: what ``vars`` shows."""
-    assert type(ours) is type(torchs)
-    assert vars(ours).keys() == vars(torchs).keys()
-    for name, value in vars(torchs).items():
-        if isinstance(value, Distribution):
-            _same_object(vars(ours)[name], value)
-        elif isinstance(value, torch.Tensor):
-            assert torch.equal(vars(ours)[name], value), name
-        else:
-            assert vars(ours)[name] == value, name
-
-
-@pytest.mark.parametrize("shape", [(5, 6), (3, 2, 8), (4,)])
-def test_the_unchecked_posterior_is_the_one_torch_builds(shape, generator):
-    output = torch.randn(*shape, generator=generator, requires_grad=True)
-    with unvalidated_distributions():
-        ours = posterior_from_encoder(output)
-        loc, log_scale = output.chunk(2, dim=-1)
-        torchs = Independent(Normal(loc, log_scale.exp()), 1)
-        _same_object(ours, torchs)
-        assert ours.batch_shape == torchs.batch_shape
-        assert ours.event_shape == torchs.event_shape
-        torch.manual_seed(3)
-        z = ours.rsample((2,))
-        torch.manual_seed(3)
-        expected = torchs.rsample((2,))
-        assert torch.equal(z, expected)
-        assert torch.equal(ours.log_prob(z), torchs.log_prob(expected))
-        assert torch.equal(ours.entropy(), torchs.entropy())
-        assert ours.expand((7, *ours.batch_shape)).batch_shape[0] == 7
-    # The gradients reach the encoder output alike.
-    ours_grad, = torch.autograd.grad(ours.log_prob(z.detach()).sum(), output)
-    torchs_grad, = torch.autograd.grad(torchs.log_prob(z.detach()).sum(), output)
-    assert torch.equal(ours_grad, torchs_grad)
-
-
-@pytest.mark.parametrize("shape", [(6, 784), (3, 2, 784)])
-def test_the_unchecked_bernoulli_likelihood_is_the_one_torch_builds(shape, generator):
-    logits = torch.randn(*shape, generator=generator)
-    x = torch.rand(shape[-2:], generator=generator).round()
-    with unvalidated_distributions():
-        ours = likelihood_from_logits(logits)
-        torchs = IndependentBernoulli(Bernoulli(logits=logits), 1)
-        _same_object(ours, torchs)
-        assert ours.batch_shape == torchs.batch_shape == shape[:-1]
-        assert ours.event_shape == torchs.event_shape == (784,)
-        assert torch.equal(ours.log_prob(x), torchs.log_prob(x))
-        assert torch.equal(ours.mean, torchs.mean)
-        assert torch.equal(ours.base_dist.probs, torchs.base_dist.probs)
-        torch.manual_seed(5)
-        draw = ours.sample()
-        torch.manual_seed(5)
-        assert torch.equal(draw, torchs.sample())
+def test_unchecked_arguments_switches_the_checks_off_and_back_on():
+    bad = torch.full((1, 8), math.nan)
+    with pytest.raises(RuntimeError, match="inside"):
+        with unchecked_arguments():
+            posterior_from_encoder(bad)  # refused only while the checks are on
+            raise RuntimeError("inside")
+    with pytest.raises(ValueError, match="loc"):
+        posterior_from_encoder(bad)
 
 
 def test_with_the_checks_on_torch_builds_and_checks_the_distributions():
@@ -413,21 +341,3 @@ def test_with_the_checks_on_torch_builds_and_checks_the_distributions():
         posterior_from_encoder(bad)
     with pytest.raises(ValueError, match="logits"):
         likelihood_from_logits(torch.full((1, 784), math.nan))
-
-
-def test_the_unchecked_distributions_skip_torchs_broadcasting(monkeypatch):
-    """The trainer's steps build them without torch's constructors, whose
-    broadcasting of arguments that share a shape costs time and changes nothing."""
-    import torch.distributions.bernoulli as bernoulli_module
-    import torch.distributions.normal as normal_module
-
-    def refuse(*values):
-        raise AssertionError("broadcast_all was called")
-
-    monkeypatch.setattr(normal_module, "broadcast_all", refuse)
-    monkeypatch.setattr(bernoulli_module, "broadcast_all", refuse)
-    with unvalidated_distributions():
-        posterior_from_encoder(torch.zeros(3, 4))
-        likelihood_from_logits(torch.zeros(3, 784))
-    with pytest.raises(AssertionError, match="broadcast_all"):
-        posterior_from_encoder(torch.zeros(3, 4))  # checks on: torch's constructor

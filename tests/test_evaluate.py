@@ -226,26 +226,6 @@ def test_work_is_split_into_bounded_chunks(model_2d, images, num_images, num_sam
     assert sum(rows for rows, _ in sizes) == num_images * num_samples
 
 
-def test_images_are_encoded_in_groups_and_decoded_in_cache_sized_calls(model_2d,
-                                                                       images):
-    from vae_course.evaluate import CODES_PER_GROUP, ROWS_PER_CALL
-
-    num_samples = CODES_PER_GROUP // 3  # three images a group; each image > 1 call
-    encoded = []
-    handle = model_2d.encoder.register_forward_hook(
-        lambda module, inputs, output: encoded.append(len(output)))
-    decoded, decoder_handle = record_decoder_calls(model_2d)
-    try:
-        importance_weighted_log_likelihood(model_2d, images[:7],
-                                           num_samples=num_samples)
-    finally:
-        handle.remove()
-        decoder_handle.remove()
-    assert encoded == [3, 3, 1]
-    assert all(rows <= ROWS_PER_CALL for rows, _ in decoded)
-    assert sum(rows for rows, _ in decoded) == 7 * num_samples
-
-
 def test_chunking_does_not_change_the_estimate(model_1d, images_1d):
     x = images_1d[:4]
     exact = log_marginal_by_quadrature(model_1d, x).float()

@@ -12,6 +12,8 @@ al. 2017, PixelCNN++). The first two take one decoder output per pixel, the last
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 from torch.distributions import (
@@ -22,23 +24,42 @@ from torch.distributions import (
     Normal,
     constraints,
 )
-from torch.distributions.utils import broadcast_all
 
-from .data import check_pixel_values
+from .inputs import (
+    LIKELIHOODS,
+    NUM_LEVELS,
+    GreyPixelsError,
+    check_choice,
+    check_pixels,
+    is_grey_level,
+)
 
-LIKELIHOODS = ("bernoulli", "continuous_bernoulli", "discretized_logistic")
+__all__ = ["LIKELIHOODS", "LOG_SCALE_RANGE", "NUM_LEVELS", "OUTPUTS_PER_PIXEL",
+           "DiscretizedLogistic", "GreyPixelsError", "check_pixels", "grey_levels",
+           "likelihood_from_logits", "posterior_from_encoder",
+           "standard_normal_prior", "unchecked_arguments"]
+
 #: Decoder outputs per pixel that each likelihood needs.
 OUTPUTS_PER_PIXEL = {"bernoulli": 1, "continuous_bernoulli": 1,
                      "discretized_logistic": 2}
-#: Grey levels of an 8-bit image: pixel k / 255 for k = 0 .. 255.
-NUM_LEVELS = 256
 # The decoder's log-scales are clamped to this range: e^-10 is far narrower than a
 # bin (1/255), e^10 far wider than [0, 1], and exp stays finite in float32.
 LOG_SCALE_RANGE = (-10.0, 10.0)
 
 
-class GreyPixelsError(ValueError):
-    """Grey-level pixels were given to a Bernoulli likelihood."""
+@contextlib.contextmanager
+def unchecked_arguments():
+    """Switch torch.distributions' argument checks off, then on again.
+
+    Each check (a real ``loc``, a positive ``scale``, pixels in the support) is a
+    pass over a tensor and a wait for its answer: about a tenth of a small model's
+    training step. Only around inputs that were checked already, and not nested.
+    """
+    Distribution.set_default_validate_args(False)
+    try:
+        yield
+    finally:
+        Distribution.set_default_validate_args(True)
 
 
 def standard_normal_prior(latent_dim: int, device=None) -> Independent:
@@ -59,62 +80,7 @@ def posterior_from_encoder(encoder_output: torch.Tensor) -> Independent:
             f"so its last size must be even; got {tuple(encoder_output.shape)}"
         )
     loc, log_scale = encoder_output.chunk(2, dim=-1)  # (batch, latent_dim) each
-    if Distribution._validate_args:  # torch checks the arguments as it builds them
-        return Independent(Normal(loc, log_scale.exp()), 1)
-    return _independent(Independent, _unchecked(Normal, loc.shape, loc=loc,
-                                                 scale=log_scale.exp()))
-
-
-# The event shape of a distribution over one number (Normal, Bernoulli).
-_NO_EVENT = torch.Size()
-
-
-def _unchecked(family, batch_shape, event_shape=_NO_EVENT,
-               **parameters) -> Distribution:
-    """``family(**parameters)`` as torch builds it when argument checks are off.
-
-    Only for parameters that are tensors of shape ``batch_shape`` already, while
-    ``Distribution._validate_args`` is False (the trainer's steps). torch's
-    constructors first broadcast their arguments against each other, which here
-    changes no number but costs Python and a view of every tensor at each step: a
-    few percent of a small model's training step (benchmarks/epoch_speed.py times
-    the steps). The object is the same: an instance of ``family`` with the
-    attributes its constructor sets (tests/test_distributions.py compares them).
-    """
-    distribution = family.__new__(family)
-    vars(distribution).update(parameters)
-    # With the checks off, this sets the two shapes and checks nothing.
-    Distribution.__init__(distribution, batch_shape, event_shape)
-    return distribution
-
-
-def _independent(kind, base: Distribution) -> Independent:
-    """``kind(base, 1)`` as :func:`_unchecked` builds it: the last batch dimension
-    of ``base`` becomes the event (``kind`` is Independent or a subclass)."""
-    shape = base.batch_shape
-    return _unchecked(kind, shape[:-1], shape[-1:], base_dist=base,
-                      reinterpreted_batch_ndims=1)
-
-
-class IndependentBernoulli(Independent):
-    """``Independent(Bernoulli(logits=logits), 1)``, built as
-    ``IndependentBernoulli(Bernoulli(logits=logits), 1)``: one Bernoulli per pixel.
-
-    Everything is Independent's and Bernoulli's but ``log_prob``, which changes the
-    sign after summing the pixels rather than before. That gives the same floats
-    (a sum of negated numbers is the negated sum) with one pass over every pixel
-    fewer, forward and backward: a few percent of a small model's training step.
-    """
-
-    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
-        base = self.base_dist
-        if base._validate_args:
-            base._validate_sample(value)  # Bernoulli's own check and message
-        logits = base.logits
-        if logits.shape != value.shape:  # e.g. one set of logits for many images
-            logits, value = broadcast_all(logits, value)
-        return -F.binary_cross_entropy_with_logits(logits, value,
-                                                   reduction="none").sum(-1)
+    return Independent(Normal(loc, log_scale.exp()), 1)
 
 
 class _GreyLevels(constraints.Constraint):
@@ -124,8 +90,7 @@ class _GreyLevels(constraints.Constraint):
     event_dim = 0
 
     def check(self, value):
-        levels = value * (NUM_LEVELS - 1)
-        return (value >= 0) & (value <= 1) & ((levels - levels.round()).abs() < 1e-3)
+        return is_grey_level(value)
 
 
 #: The support of :class:`DiscretizedLogistic`.
@@ -163,17 +128,11 @@ class DiscretizedLogistic(Distribution):
         self.loc, self.scale = torch.broadcast_tensors(loc, scale)
         super().__init__(self.loc.shape, validate_args=validate_args)
 
-    def expand(self, batch_shape, _instance=None):
-        new = self._get_checked_instance(DiscretizedLogistic, _instance)
-        new.loc = self.loc.expand(batch_shape)
-        new.scale = self.scale.expand(batch_shape)
-        super(DiscretizedLogistic, new).__init__(new.loc.shape, validate_args=False)
-        new._validate_args = self._validate_args
-        return new
-
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
-        if self._validate_args:
-            self._validate_sample(value)
+        # Always checked: a value between two levels has no probability here.
+        if not bool(is_grey_level(value).all()):
+            raise ValueError("a discretized logistic scores only the 256 grey levels "
+                             "k / 255; these values lie between them or outside [0, 1]")
         level = (value * (NUM_LEVELS - 1)).round()  # the integer k, as a float
         # The bin's edges (k -+ 1/2) / 255, standardized. Neighbouring bins compute
         # their shared edge from the same k + 1/2, so that no mass falls between them.
@@ -210,37 +169,12 @@ class DiscretizedLogistic(Distribution):
     @torch.no_grad()
     def sample(self, sample_shape=()) -> torch.Tensor:
         """Draw from the logistic by its inverse CDF, then round to the nearest level."""
-        shape = self._extended_shape(torch.Size(sample_shape))
+        shape = torch.Size(sample_shape) + self.batch_shape
         uniform = torch.rand(shape, dtype=self.loc.dtype, device=self.loc.device)
         uniform = uniform.clamp(torch.finfo(uniform.dtype).tiny, 1 - 1e-7)
         draw = self.loc + self.scale * (uniform.log() - torch.log1p(-uniform))
         return (draw * (NUM_LEVELS - 1)).round().clamp(0, NUM_LEVELS - 1) \
             / (NUM_LEVELS - 1)
-
-
-def check_pixels(x: torch.Tensor, kind: str = "bernoulli") -> None:
-    """Refuse pixels the likelihood cannot score, with a message that says why.
-
-    NaN, values outside [0, 1] and non-float tensors are refused for every
-    likelihood; grey levels for the Bernoulli, and values between the 256 levels
-    k / 255 (dequantized or smoothed pixels) for the discretized logistic.
-    """
-    if kind not in LIKELIHOODS:
-        raise ValueError(f"unknown likelihood {kind!r}; choose one of {LIKELIHOODS}")
-    check_pixel_values(x, "pixels")
-    if kind == "bernoulli" and bool(((x != 0) & (x != 1)).any()):
-        raise GreyPixelsError(
-            "a Bernoulli likelihood scores only pixels that are exactly 0 or 1, "
-            "but these images have grey levels. Binarize them "
-            "(vae_course.data.binarize) or use likelihood='continuous_bernoulli'."
-        )
-    if kind == "discretized_logistic" and not bool(grey_levels.check(x).all()):
-        raise ValueError(
-            "a discretized logistic scores only the 256 grey levels k / 255 of an "
-            "8-bit image, but these pixels lie between them (dequantized or "
-            "smoothed?). Pass the images as vae_course.data.load_mnist gives them, "
-            "or use likelihood='continuous_bernoulli' for a density on [0, 1]."
-        )
 
 
 def likelihood_from_logits(logits: torch.Tensor, kind: str = "bernoulli") -> Independent:
@@ -250,20 +184,15 @@ def likelihood_from_logits(logits: torch.Tensor, kind: str = "bernoulli") -> Ind
     and (..., 2 * 784) for the discretized logistic: the 784 locations, then the 784
     log-scales (clamped to :data:`LOG_SCALE_RANGE`).
     """
+    check_choice("likelihood", kind, LIKELIHOODS)
     if kind == "bernoulli":
-        if Distribution._validate_args:
-            return IndependentBernoulli(Bernoulli(logits=logits), 1)
-        # torch's Bernoulli keeps its logits twice: as logits and as _param
-        bernoulli = _unchecked(Bernoulli, logits.shape, logits=logits, _param=logits)
-        return _independent(IndependentBernoulli, bernoulli)
+        return Independent(Bernoulli(logits=logits), 1)
     if kind == "continuous_bernoulli":
         return Independent(ContinuousBernoulli(logits=logits), 1)
-    if kind == "discretized_logistic":
-        if logits.shape[-1] % 2 != 0:
-            raise ValueError("a discretized logistic needs a location and a log-scale "
-                             "per pixel, so the decoder's last size must be even; "
-                             f"got {tuple(logits.shape)}")
-        loc, log_scale = logits.chunk(2, dim=-1)  # (..., 784) each
-        scale = log_scale.clamp(*LOG_SCALE_RANGE).exp()
-        return Independent(DiscretizedLogistic(loc, scale), 1)
-    raise ValueError(f"unknown likelihood {kind!r}; choose one of {LIKELIHOODS}")
+    if logits.shape[-1] % 2 != 0:
+        raise ValueError("a discretized logistic needs a location and a log-scale "
+                         "per pixel, so the decoder's last size must be even; "
+                         f"got {tuple(logits.shape)}")
+    loc, log_scale = logits.chunk(2, dim=-1)  # (..., 784) each
+    scale = log_scale.clamp(*LOG_SCALE_RANGE).exp()
+    return Independent(DiscretizedLogistic(loc, scale), 1)

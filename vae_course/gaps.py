@@ -45,9 +45,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .distributions import check_pixels
 from .elbo import LOG_2PI, kl_standard_normal
-from .train import check_number
+from .evaluate import log1p_exp_sum
+from .inputs import check_number, check_pixels
 
 
 @dataclass(frozen=True)
@@ -122,8 +122,8 @@ def _decoded(model, codes, images):
     log_prior = -0.5 * (codes**2).sum(-1) - LOG_2PI  # (n,), N(0, I) in two dimensions
     if getattr(model, "likelihood", None) == "bernoulli":
         logits = model.decoder(codes)  # (n, 784)
-        # softplus as log(1 + e^l), twice as fast; redone with softplus if e^l overflows
-        normalizer = logits.exp().add_(1).log_().sum(-1)  # (n,)
+        # redone with softplus where e^l overflows
+        normalizer = log1p_exp_sum(logits.clone())  # (n,)
         if not bool(torch.isfinite(normalizer).all()):
             normalizer = F.softplus(logits).sum(-1)
         return logits.T, normalizer - log_prior, None

@@ -20,8 +20,8 @@ from .distributions import (
     posterior_from_encoder,
     standard_normal_prior,
 )
+from .inputs import IMAGE_SIZE, check_choice, check_count, check_labels
 
-IMAGE_SIZE = 28 * 28
 ARCHITECTURES = ("mlp", "conv")
 CONV_CHANNELS = 32  # the conv architecture's width unless build_vae is told another
 
@@ -74,9 +74,7 @@ class VAE(nn.Module):
     def __init__(self, encoder: nn.Module, decoder: nn.Module, latent_dim: int,
                  likelihood: str = "bernoulli", config: dict | None = None):
         super().__init__()
-        if likelihood not in LIKELIHOODS:
-            raise ValueError(f"unknown likelihood {likelihood!r}; "
-                             f"choose one of {LIKELIHOODS}")
+        check_choice("likelihood", likelihood, LIKELIHOODS)
         self.encoder = encoder
         self.decoder = decoder
         self.latent_dim = latent_dim
@@ -237,6 +235,25 @@ def label_arguments(model, labels: torch.Tensor | None) -> tuple:
     return () if labels is None else (labels,)
 
 
+def checked_one_hot(model, labels, images, name: str) -> torch.Tensor | None:
+    """The one-hot rows of ``labels`` on the model's device, checked once; or None.
+
+    Labels are required exactly when the model is conditional and there are images
+    for them to label.
+    """
+    if images is None or not is_conditional(model):
+        if labels is not None:
+            why = ("without the images they label" if images is None else
+                   "but this VAE is not conditional (build_vae(num_classes=10) "
+                   "builds one that is)")
+            raise ValueError(f"{name} were given {why}")
+        return None
+    if labels is None:
+        raise ValueError(f"this conditional VAE needs {name}, the label of every image")
+    check_labels(labels, len(images), model.num_classes, name)
+    return model.one_hot(labels.to(model.device))  # (N, num_classes)
+
+
 def build_vae(architecture: str = "mlp", latent_dim: int = 32,
               hidden_sizes: Sequence[int] = (100, 100),
               likelihood: str = "bernoulli", num_classes: int | None = None,
@@ -253,9 +270,7 @@ def build_vae(architecture: str = "mlp", latent_dim: int = 32,
     second has twice as many), 32 unless given; the MLP has none. A conv model's
     config records it, and a config saved before it did means 32.
     """
-    if architecture not in ARCHITECTURES:
-        raise ValueError(f"unknown architecture {architecture!r}; choose one of "
-                         f"{ARCHITECTURES}")
+    check_choice("architecture", architecture, ARCHITECTURES)
     if architecture != "conv" and channels is not None:
         raise ValueError(f"channels={channels!r} sets the width of the conv "
                          "architecture; the MLP's widths are its hidden_sizes")
@@ -264,11 +279,8 @@ def build_vae(architecture: str = "mlp", latent_dim: int = 32,
     widths = [("channels", channels)] if architecture == "conv" else []
     for name, value in [("latent_dim", latent_dim), *widths] + [
             ("hidden_sizes", size) for size in hidden_sizes]:
-        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-            raise ValueError(f"{name} must hold positive integers; got {value!r}")
-    if likelihood not in LIKELIHOODS:
-        raise ValueError(f"unknown likelihood {likelihood!r}; "
-                         f"choose one of {LIKELIHOODS}")
+        check_count(name, value)
+    check_choice("likelihood", likelihood, LIKELIHOODS)
     hidden_sizes = list(hidden_sizes)
     outputs = OUTPUTS_PER_PIXEL[likelihood]
     config = {"architecture": architecture, "latent_dim": latent_dim,
@@ -313,10 +325,7 @@ def _build_conditional(config: dict, num_classes: int) -> ConditionalVAE:
     if config["architecture"] != "mlp":
         raise ValueError("the conditional VAE is an MLP; got architecture "
                          f"{config['architecture']!r}")
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) \
-            or num_classes < 2:
-        raise ValueError(f"num_classes must be an integer of at least 2; "
-                         f"got {num_classes!r}")
+    check_count("num_classes", num_classes, minimum=2)
     latent_dim, hidden_sizes = config["latent_dim"], config["hidden_sizes"]
     encoder = mlp([IMAGE_SIZE + num_classes, *hidden_sizes, 2 * latent_dim])
     outputs = OUTPUTS_PER_PIXEL[config["likelihood"]] * IMAGE_SIZE

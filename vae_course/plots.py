@@ -14,7 +14,6 @@ import io
 import matplotlib.pyplot as plt
 import torch
 from torch.distributions import Normal
-from torchvision.utils import make_grid
 
 from .models import VAE, is_conditional, label_arguments
 
@@ -28,6 +27,8 @@ def titled(text: str, model_name: str | None = None) -> str:
 
 def image_grid(images: torch.Tensor, nrow: int = 10, padding: int = 2) -> torch.Tensor:
     """Flattened images (N, 784) tiled into one (H, W) picture."""
+    from torchvision.utils import make_grid  # torchvision's import is slow: when used
+
     tiles = images.detach().cpu().reshape(-1, 1, 28, 28)
     return make_grid(tiles, nrow=nrow, padding=padding, pad_value=0.5)[0]
 

@@ -25,6 +25,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
 
+from .inputs import check_count
+
 _TRUE = {"1", "true", "yes", "on"}
 #: Environment variable that fixes the number of threads (see :func:`set_threads`).
 THREADS_ENV_VAR = "VAE_COURSE_THREADS"
@@ -63,12 +65,8 @@ def choose_num_threads(cores: int, load: float, requested: int | None = None) ->
     more would spend their time waiting for each other.
     """
     if requested is not None:
-        if isinstance(requested, bool) or not isinstance(requested, int) \
-                or requested < 1:
-            raise ValueError(f"threads must be a positive integer; got {requested!r}")
-        return requested
-    if isinstance(cores, bool) or not isinstance(cores, int) or cores < 1:
-        raise ValueError(f"cores must be a positive integer; got {cores!r}")
+        return check_count("threads", requested)
+    check_count("cores", cores)
     if not (isinstance(load, int | float) and math.isfinite(load) and load >= 0):
         raise ValueError(f"load must be a non-negative number; got {load!r}")
     return max(1, min(cores, round(cores - load)))
