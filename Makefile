@@ -50,8 +50,7 @@ EXECUTE := $(JUPYTER) nbconvert --to notebook --execute \
 	--ExecutePreprocessor.kernel_name=python3
 
 .PHONY: help install lab test test-portable course notebook checkpoints benchmark \
-	benchmark-instructions reference clean \
-	distclean
+	reference clean distclean
 
 help:
 	@echo "make lab       install (once) and open the lessons in JupyterLab"
@@ -62,8 +61,7 @@ help:
 	@echo "make slides    one reveal.js deck per lesson into build/slides/"
 	@echo "make book      the course as a website into build/book/"
 	@echo "make checkpoints  retrain the two committed course models (lessons 04, 05)"
-	@echo "make benchmark    time the trainer and the log-likelihood, as ratios"
-	@echo "make benchmark-instructions  a step's instructions, fit / hand loop (valgrind)"
+	@echo "make benchmark    time the trainer and the log-likelihood: benchmarks/README.md"
 	@echo "make reference    train and evaluate the reference models, update README"
 	@echo "make install   create .venv and install the course (done by the others)"
 	@echo "make clean     remove build/ and caches; make distclean also removes .venv"
@@ -141,14 +139,10 @@ checkpoints: $(STAMP)
 # Train seconds per epoch of the Deep Bayes tutorial's DataLoader loop, vc.train.fit
 # and a hand-written loop, alternating in one process; the importance-sampled
 # log-likelihood against the matmul rate; then what busy cores cost each thread count.
+# Both write their results into benchmarks/README.md.
 benchmark: $(STAMP)
 	$(BIN)/python benchmarks/epoch_speed.py --epochs 5
 	$(BIN)/python benchmarks/busy_machine.py --steps 100 --repeats 3
-
-# The instructions of a training step, which the machine's load does not change:
-# fit against the hand-written loop, counted by Valgrind (about twelve minutes).
-benchmark-instructions: $(STAMP)
-	$(BIN)/python benchmarks/step_instructions.py --steps 10 --repeats 2
 
 # Trains the reference models through the CLI (GPU when present), keeps the epoch
 # each chose on the validation images in checkpoints/reference/, evaluates them on

@@ -20,8 +20,11 @@ import statistics
 import time
 
 import torch
+from results import Results
 
 import vae_course as vc
+
+results = Results("busy_machine")
 
 
 def spin() -> None:
@@ -57,8 +60,9 @@ def main() -> None:
     cores = vc.runtime.usable_cores()
     thread_counts = sorted({1, cores})
     background = vc.runtime.machine_load()
-    print(f"{cores} usable cores, {background:.1f} busy before the spinners; "
-          f"{args.steps} steps per run, median of {args.repeats}")
+    say = results.say
+    say(f"{cores} usable cores, {background:.1f} busy before the spinners; "
+        f"{args.steps} steps per run, median of {args.repeats}")
     quiet = medians(images, thread_counts, args.repeats)
     spinners = [multiprocessing.Process(target=spin, daemon=True) for _ in range(cores)]
     for spinner in spinners:
@@ -74,12 +78,13 @@ def main() -> None:
         for spinner in spinners:
             spinner.join()
     for threads in thread_counts:
-        print(f"{threads} thread(s): {quiet[threads]:.2f} s as the machine was, "
-              f"{busy[threads]:.2f} s with {cores} spinners: "
-              f"{busy[threads] / quiet[threads]:.1f}x")
-    print(f"with the spinners running, set_threads picks {chosen} "
-          f"thread(s): {busy[chosen] / quiet[chosen]:.1f}x its time before them, "
-          f"{busy[chosen] / quiet[cores]:.1f}x the time of {cores} thread(s) before")
+        say(f"{threads} thread(s): {quiet[threads]:.2f} s as the machine was, "
+            f"{busy[threads]:.2f} s with {cores} spinners: "
+            f"{busy[threads] / quiet[threads]:.1f}x")
+    say(f"with the spinners running, set_threads picks {chosen} "
+        f"thread(s): {busy[chosen] / quiet[chosen]:.1f}x its time before them, "
+        f"{busy[chosen] / quiet[cores]:.1f}x the time of {cores} thread(s) before")
+    results.write()
 
 
 if __name__ == "__main__":
