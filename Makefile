@@ -73,14 +73,20 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --disable-pip-version-check -e '.[test]'
 	@touch $@
 
+# Where the lessons find the data and keep the models they train, wherever their
+# kernel starts (notebooks/ or notebooks/solutions/): data/ and runs/ here, unless
+# VAE_COURSE_DATA names a data folder already.
+DATA_FOLDER = VAE_COURSE_DATA=$${VAE_COURSE_DATA:-$(CURDIR)/data}
+FOLDERS = $(DATA_FOLDER) VAE_COURSE_RUNS=$(CURDIR)/runs
+
 # Rooted at the repository, so that the README, the package and the solutions open
 # from JupyterLab's file browser; it starts in notebooks/.
 # jupyter-settings/overrides.json turns autosave off, so running a lesson does not
 # rewrite the committed notebook (Ctrl-S still saves).
 lab: $(STAMP)
 	@echo "Open the URL with ?token=... printed below (Ctrl-C twice stops the server)."
-	$(JUPYTER) lab --ServerApp.root_dir=. --LabApp.default_url=/lab/tree/notebooks \
-		--LabApp.app_settings_dir=jupyter-settings \
+	$(FOLDERS) $(JUPYTER) lab --ServerApp.root_dir=. \
+		--LabApp.default_url=/lab/tree/notebooks --LabApp.app_settings_dir=jupyter-settings \
 		--ip=127.0.0.1 --no-browser $(ALLOW_ROOT)
 
 # Smoke budgets (VAE_COURSE_SMOKE=1) keep the run short; nbval compares only the
@@ -89,7 +95,8 @@ lab: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check .
 	rm -rf runs/smoke
-	VAE_COURSE_SMOKE=1 $(BIN)/python -m pytest $(PARALLEL) $(NBVAL_FLAGS) --durations=15 tests notebooks
+	$(FOLDERS) VAE_COURSE_SMOKE=1 $(BIN)/python -m pytest $(PARALLEL) $(NBVAL_FLAGS) \
+		--durations=15 tests notebooks
 
 # The checked outputs must not depend on the CPU. PyTorch, MKL and oneDNN pick their
 # kernels from the processor and each sums floats in its own order, so this runs the
@@ -99,8 +106,8 @@ test-portable: $(STAMP)
 	rm -rf runs/smoke
 	@setting="$$($(BIN)/python tests/portability.py --environment)" && \
 	echo "nbval under $$setting" && \
-	env $$setting VAE_COURSE_SMOKE=1 $(BIN)/python -m pytest $(PARALLEL) $(NBVAL_FLAGS) \
-		notebooks
+	env $$setting $(FOLDERS) VAE_COURSE_SMOKE=1 \
+		$(BIN)/python -m pytest $(PARALLEL) $(NBVAL_FLAGS) notebooks
 
 course: $(HTML)
 
@@ -111,7 +118,7 @@ course: $(HTML)
 # into build/.
 build/notebooks/%.ipynb: notebooks/%.ipynb $(PACKAGE) $(STAMP)
 	@mkdir -p $(@D)
-	VAE_COURSE_SMOKE=$(SMOKE) VAE_COURSE_RUNS=$(CURDIR)/build/runs \
+	$(DATA_FOLDER) VAE_COURSE_RUNS=$(CURDIR)/build/runs VAE_COURSE_SMOKE=$(SMOKE) \
 		$(EXECUTE) --output-dir $(@D) $<
 
 build/html/%.html: build/notebooks/%.ipynb
@@ -122,7 +129,7 @@ build/html/%.html: build/notebooks/%.ipynb
 notebook: $(STAMP)
 	@test -n "$(NB)" || { echo "usage: make notebook NB=notebooks/NN_name.ipynb"; exit 2; }
 	@test -f "$(NB)" || { echo "no such notebook: $(NB)"; exit 2; }
-	VAE_COURSE_SMOKE=0 $(EXECUTE) --inplace "$(NB)"
+	$(FOLDERS) VAE_COURSE_SMOKE=0 $(EXECUTE) --inplace "$(NB)"
 
 # The two small models that later lessons load: lesson 04 trains the default one and
 # lesson 05 the 2-D one, so regenerating them means re-executing those lessons. The
@@ -130,10 +137,8 @@ notebook: $(STAMP)
 checkpoints: $(STAMP)
 	rm -f checkpoints/mnist_default.pt checkpoints/mnist_latent2.pt \
 		runs/mnist_default.pt runs/mnist_latent2.pt
-	VAE_COURSE_SMOKE=0 VAE_COURSE_RUNS= \
-		$(EXECUTE) --inplace notebooks/04_training.ipynb
-	VAE_COURSE_SMOKE=0 VAE_COURSE_RUNS= \
-		$(EXECUTE) --inplace notebooks/05_visualization.ipynb
+	$(FOLDERS) VAE_COURSE_SMOKE=0 $(EXECUTE) --inplace notebooks/04_training.ipynb
+	$(FOLDERS) VAE_COURSE_SMOKE=0 $(EXECUTE) --inplace notebooks/05_visualization.ipynb
 	cp runs/mnist_default.pt runs/mnist_latent2.pt checkpoints/
 
 # Train seconds per epoch of the Deep Bayes tutorial's DataLoader loop, vc.train.fit

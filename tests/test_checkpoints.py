@@ -206,7 +206,8 @@ def test_a_truncated_file_is_a_checkpoint_error(saved, fraction):
     _, path = saved
     data = path.read_bytes()
     path.write_bytes(data[:int(len(data) * fraction)])
-    with pytest.raises(CheckpointError):
+    words = "not a vae-course checkpoint" if fraction == 0 else "damaged checkpoint"
+    with pytest.raises(CheckpointError, match=words):
         load_checkpoint(path)
 
 
@@ -221,8 +222,12 @@ def test_a_truncated_file_is_a_checkpoint_error(saved, fraction):
 def test_a_file_of_other_bytes_is_a_checkpoint_error(tmp_path, content):
     path = tmp_path / "checkpoint.pt"
     path.write_bytes(content)
-    with pytest.raises(CheckpointError):
-        load_checkpoint(path)
+    # Said in these words, not torch's ("pop from empty list" for the CSV).
+    message = f"{path} is not a vae-course checkpoint (not a file written by torch.save)"
+    for load in (load_checkpoint, lambda path: load_weights_into(small_model(), path)):
+        with pytest.raises(CheckpointError) as caught:
+            load(path)
+        assert str(caught.value) == message
 
 
 class _Exploit:

@@ -2,8 +2,10 @@
 
 A learner runs the lessons and then pulls the next version of the course; any
 tracked file a lesson rewrote would make that pull conflict. Models a lesson trains
-go to the ignored ``runs/``; the committed ``checkpoints/`` are only read;
-``make course`` writes under ``build/``.
+go to the ignored ``runs/`` (of the working directory, or ``$VAE_COURSE_RUNS``,
+which the Makefile points at the repository's); the committed ``checkpoints/`` are
+only read, found from the working directory up; ``make course`` writes under
+``build/``. The package never writes into, nor looks for files in, its own folder.
 """
 
 from __future__ import annotations
@@ -50,12 +52,16 @@ def tiny_model():
     return model, vc.train.History()
 
 
-def test_load_or_train_reads_a_committed_model_without_touching_it(full_budget):
+@pytest.mark.parametrize("lessons", ["notebooks", "notebooks/solutions"])
+def test_load_or_train_reads_a_committed_model_without_touching_it(
+        full_budget, monkeypatch, lessons):
     if not COMMITTED:
         pytest.skip("no committed checkpoints")
     name = COMMITTED[0].stem
+    monkeypatch.chdir(REPO / lessons)  # where a lesson's kernel starts
     if checkpoints.trained_checkpoint(name).exists():
-        pytest.skip(f"runs/ holds a {name} of the learner's; it would be loaded first")
+        pytest.skip(f"{lessons}/runs/ holds a {name}; it would be loaded first")
+    assert checkpoints.course_checkpoint(name) == REPO / "checkpoints" / f"{name}.pt"
     before = {path: digest(path) for path in COMMITTED}
     status = git("status", "--porcelain")
 
@@ -68,8 +74,10 @@ def test_load_or_train_reads_a_committed_model_without_touching_it(full_budget):
     assert git("status", "--porcelain") == status
 
 
-def test_a_model_trained_by_a_lesson_goes_to_an_ignored_folder(full_budget):
+def test_a_model_trained_by_a_lesson_goes_to_an_ignored_folder(full_budget,
+                                                               monkeypatch):
     name = f"test-clean-checkout-{uuid.uuid4().hex[:8]}"
+    monkeypatch.chdir(REPO)
     path = checkpoints.trained_checkpoint(name)
     status = git("status", "--porcelain")
     try:
@@ -93,14 +101,51 @@ def test_runs_folder_can_move(monkeypatch, tmp_path):
     assert checkpoints.trained_checkpoint("m") == tmp_path / "smoke" / "m.pt"
 
 
-def make_dry_run(target: str) -> list[str]:
+def test_outside_the_checkout_nothing_is_read_or_written_in_the_package(
+        full_budget, monkeypatch, tmp_path):
+    lesson = tmp_path / "course" / "notebooks"
+    lesson.mkdir(parents=True)
+    monkeypatch.chdir(lesson)
+    name = COMMITTED[0].stem if COMMITTED else "mnist_default"
+    assert not checkpoints.course_checkpoint(name).exists()  # not the package's
+    assert checkpoints.trained_checkpoint(name) == lesson / "runs" / f"{name}.pt"
+    model, _ = checkpoints.load_or_train(name, tiny_model)
+    assert (lesson / "runs" / f"{name}.pt").is_file()
+    # A course's own committed model is found from a folder below it.
+    committed = tmp_path / "course" / "checkpoints" / "other.pt"
+    committed.parent.mkdir()
+    vc.checkpoints.save_checkpoint(committed, model)
+    assert checkpoints.course_checkpoint("other") == committed
+    checkpoints.load_or_train("other", lambda: pytest.fail("trained"))
+    assert not (lesson / "runs" / "other.pt").exists()
+
+
+def test_smoke_models_never_stand_in_for_the_committed_ones(monkeypatch, tmp_path):
+    monkeypatch.setenv("VAE_COURSE_SMOKE", "1")
+    monkeypatch.setenv("VAE_COURSE_RUNS", str(tmp_path))
+    monkeypatch.chdir(REPO / "notebooks")
+    for name in ("mnist_default", "mnist_latent2"):
+        path = checkpoints.course_checkpoint(name)
+        assert path == tmp_path / "smoke" / f"{name}.pt"
+
+
+def make_dry_run(target: str, pattern: str = "nbconvert") -> list[str]:
     if shutil.which("make") is None:
         pytest.skip("no make")
     result = subprocess.run(
         ["make", "-n", "-o", ".venv/.installed-stamp", "-B", target], cwd=REPO,
         capture_output=True, text=True, check=True)
     commands = result.stdout.replace("\\\n", " ").splitlines()
-    return [command for command in commands if "nbconvert" in command]
+    return [command for command in commands if re.search(pattern, command)]
+
+
+@pytest.mark.parametrize("target", ["lab", "test", "test-portable", "checkpoints"])
+def test_make_points_the_lessons_at_the_repositorys_runs_and_data(target):
+    commands = make_dry_run(target, r"jupyter (lab|nbconvert)|pytest")
+    assert commands, f"make {target} starts no lessons"
+    for command in commands:
+        assert f"VAE_COURSE_RUNS={REPO}/runs " in command, command
+        assert f"VAE_COURSE_DATA=${{VAE_COURSE_DATA:-{REPO}/data}}" in command, command
 
 
 def test_make_course_writes_only_into_build():

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import gzip
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -77,23 +80,37 @@ def test_root_from_environment(real_data_root, monkeypatch, tmp_path):
     check_test_split(*data.load_mnist("test"))
 
 
-def test_root_defaults_to_repository_data_folder(real_data_root, monkeypatch,
-                                                 tmp_path):
-    root = linked_root(tmp_path, real_data_root)
+def test_root_defaults_to_data_in_the_working_directory(real_data_root, monkeypatch,
+                                                        tmp_path):
+    linked_root(tmp_path, real_data_root).rename(tmp_path / "data")
     monkeypatch.delenv(data.ENV_VAR, raising=False)
-    monkeypatch.setattr(data, "DEFAULT_ROOT", root)
-    assert data.data_root() == root.resolve()
+    monkeypatch.chdir(tmp_path)
+    assert data.data_root() == tmp_path.resolve() / "data"
     check_test_split(*data.load_mnist("test"))
 
 
 def test_empty_environment_variable_means_unset(monkeypatch, tmp_path):
     monkeypatch.setenv(data.ENV_VAR, "  ")
-    monkeypatch.setattr(data, "DEFAULT_ROOT", tmp_path)
-    assert data.data_root() == tmp_path.resolve()
+    monkeypatch.chdir(tmp_path)
+    assert data.data_root() == tmp_path.resolve() / "data"
 
 
-def test_default_root_is_data_in_the_repository(repo_root):
-    assert data.DEFAULT_ROOT == repo_root / "data"
+def test_the_default_root_is_never_the_packages_folder(monkeypatch, tmp_path,
+                                                       repo_root):
+    monkeypatch.delenv(data.ENV_VAR, raising=False)
+    monkeypatch.chdir(tmp_path)
+    assert not data.data_root().is_relative_to(repo_root)
+
+
+def test_importing_the_module_does_not_import_torchvision(repo_root):
+    # data.py imports nothing of the package, so it can be loaded on its own.
+    code = ("import importlib.util, sys; spec = importlib.util.spec_from_file_location("
+            f"'data', {str(repo_root / 'vae_course' / 'data.py')!r}); "
+            "spec.loader.exec_module(importlib.util.module_from_spec(spec)); "
+            "print('torchvision' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True,
+                            text=True, check=True, timeout=120)
+    assert result.stdout.strip() == "False"
 
 
 # --- what comes back -----------------------------------------------------------
@@ -336,6 +353,44 @@ def test_an_unreadable_raw_file_is_named(tmp_path, monkeypatch):
     message = str(caught.value)
     assert str(path) in message and "Permission denied" in message
     assert caught.value.__suppress_context__ is True
+
+
+def archived_root(tmp_path: Path) -> tuple[Path, torch.Tensor]:
+    """A synthetic root whose raw/ holds only torchvision's .gz archives."""
+    root, expected = synthetic_root(tmp_path)
+    raw = root / "MNIST" / "raw"
+    for name in data.FILE_NAMES:
+        with gzip.open(raw / f"{name}.gz", "wb") as archive:
+            archive.write((raw / name).read_bytes())
+        (raw / name).unlink()
+    return root, expected
+
+
+def test_gz_archives_are_extracted_offline(no_network, tmp_path):
+    root, expected = archived_root(tmp_path)
+    images, labels = data.load_mnist("test", root=root)
+    assert torch.equal(images, expected)
+    raw = root / "MNIST" / "raw"
+    assert sorted(p.name for p in raw.iterdir()) == sorted(
+        [*data.FILE_NAMES, *(f"{name}.gz" for name in data.FILE_NAMES)])
+
+
+@pytest.mark.parametrize("damage", [
+    lambda path: truncate(path, path.stat().st_size // 2),
+    lambda path: path.write_bytes(b"not gzip at all"),
+], ids=["truncated", "not-gzip"])
+def test_a_damaged_archive_is_named_and_leaves_no_half_file(no_network, tmp_path,
+                                                            damage):
+    root, _ = archived_root(tmp_path)
+    raw = root / "MNIST" / "raw"
+    archive = raw / "t10k-images-idx3-ubyte.gz"
+    damage(archive)
+    with pytest.raises(data.DataCorruptError) as caught:
+        data.load_mnist("test", root=root)
+    message = str(caught.value)
+    assert str(archive.resolve()) in message and "Delete it and rerun" in message
+    assert not (raw / "t10k-images-idx3-ubyte").exists()
+    assert not [p for p in raw.iterdir() if p.name.startswith(".")]
 
 
 @pytest.mark.parametrize("existing", ["root", "nothing"])

@@ -20,7 +20,6 @@ from .runtime import smoke_test
 from .train import History
 
 FORMAT = "vae-course-checkpoint/1"
-REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 class CheckpointError(RuntimeError):
@@ -138,21 +137,16 @@ def save_checkpoint(path, model: VAE, optimizer: torch.optim.Optimizer | None = 
     return path
 
 
-def _read(path: Path) -> dict:
-    """The payload at ``path``, with every entry checked before anything is built."""
+def _read(path: Path) -> tuple[dict, VAE]:
+    """The payload at ``path``, every entry checked, and the model its config
+    describes (build_vae's defaults filled in) on the meta device, which allocates
+    nothing, checked against the saved weights."""
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {path}")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        raise CheckpointError(
-            f"{path} holds objects other than tensors and plain values; it was "
-            f"refused and nothing in it was run ({str(error).splitlines()[0]})"
-        ) from None
     except Exception as error:  # torch raises many kinds on damaged files
-        raise CheckpointError(
-            f"{path} is not a readable checkpoint (truncated or damaged?): {error}"
-        ) from None
+        raise CheckpointError(_unreadable(path, error)) from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a vae-course checkpoint ({FORMAT})")
     for entry, kind in _ENTRIES.items():
@@ -173,7 +167,35 @@ def _read(path: Path) -> dict:
     problem = _history_problem(payload["history"])
     if problem:
         raise CheckpointError(f"{path} has a malformed history: {problem}")
-    return payload
+    try:
+        with torch.device("meta"):
+            skeleton = build_vae(**payload["config"])
+    except (TypeError, ValueError) as error:
+        raise CheckpointError(
+            f"{path} describes a model that cannot be built: {error}") from None
+    problem = _shape_problem(skeleton.state_dict(), payload["state_dict"])
+    if problem:
+        raise CheckpointError(
+            f"{path} does not match the architecture it describes: {problem}")
+    return payload, skeleton
+
+
+def _unreadable(path: Path, error: Exception) -> str:
+    """Why torch.load refused ``path``, in words that fit the file, not torch's."""
+    try:
+        with open(path, "rb") as file:
+            start = file.read(4)
+    except OSError as failure:
+        return f"{path} cannot be read ({failure.strerror or failure})"
+    # torch.save writes a zip archive; torch before 1.6 wrote a pickle.
+    if not start.startswith((b"PK\x03\x04", b"\x80")):  # a CSV, a web page, ...
+        return (f"{path} is not a vae-course checkpoint (not a file written by "
+                "torch.save)")
+    reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    if isinstance(error, pickle.UnpicklingError):
+        return (f"{path} holds objects other than tensors and plain values; it was "
+                f"refused and nothing in it was run ({reason})")
+    return f"{path} is a damaged checkpoint (truncated?): {reason}"
 
 
 def _shape_problem(expected: dict, found: dict) -> str | None:
@@ -190,35 +212,13 @@ def _shape_problem(expected: dict, found: dict) -> str | None:
     return None
 
 
-def _skeleton(path: Path, payload: dict) -> VAE:
-    """The model the saved config describes, on the meta device (shapes only).
-
-    Its config is the saved one as ``build_vae`` reads it, defaults filled in (a conv
-    file saved before configs recorded the channels gets the default width).
-    """
-    try:
-        with torch.device("meta"):
-            return build_vae(**payload["config"])
-    except (TypeError, ValueError) as error:
-        raise CheckpointError(
-            f"{path} describes a model that cannot be built: {error}") from None
-
-
 def load_checkpoint(path, device=None):
     """Rebuild the model saved at ``path``; returns ``(model, payload)``.
 
     ``payload["history"]`` is the saved :class:`History`; to resume training, build
-    an optimizer for the model and call :func:`restore_optimizer`. The config is
-    checked against the saved weights on the meta device, which allocates
-    nothing, so a damaged config cannot ask for gigabytes.
+    an optimizer for the model and call :func:`restore_optimizer`.
     """
-    path = Path(path)
-    payload = _read(path)
-    skeleton = _skeleton(path, payload)
-    problem = _shape_problem(skeleton.state_dict(), payload["state_dict"])
-    if problem:
-        raise CheckpointError(
-            f"{path} does not match the architecture it describes: {problem}")
+    payload, _ = _read(Path(path))
     model = build_vae(**payload["config"])
     model.load_state_dict(payload["state_dict"])
     model.to(device or "cpu").eval()
@@ -241,40 +241,40 @@ def restore_optimizer(optimizer: torch.optim.Optimizer, payload: dict):
 
 def load_weights_into(model: VAE, path) -> VAE:
     """Load a checkpoint's weights into an existing model of the same architecture."""
-    path = Path(path)
-    payload = _read(path)
-    saved = _skeleton(path, payload).config
-    if saved != model.config:
-        raise CheckpointError(f"{path} was saved from {saved}, not {model.config}")
-    problem = _shape_problem(model.state_dict(), payload["state_dict"])
-    if problem:
-        raise CheckpointError(f"{path} does not match its config: {problem}")
+    payload, saved = _read(Path(path))
+    if saved.config != model.config:
+        raise CheckpointError(f"{path} was saved from {saved.config}, not "
+                              f"{model.config}")
     model.load_state_dict(payload["state_dict"])
     return model
 
 
 def course_checkpoint(name: str) -> Path:
-    """Where the lessons keep the model called ``name``.
+    """The committed course model ``checkpoints/NAME.pt``, read only.
 
-    A full run uses ``checkpoints/NAME.pt`` in the repository (small files,
-    committed, so that later lessons start at once). Under the smoke switch the
-    lessons train tiny models, which go to the ignored ``runs/smoke/`` instead so
-    they never replace the committed ones.
+    Looked for in the working directory and then in each folder above it, as git
+    looks for ``.git``, so that a lesson finds it from ``notebooks/``; where none
+    has it, the path under the working directory (absent). Under the smoke switch
+    it is :func:`trained_checkpoint`'s path instead, so that the tiny models the
+    lessons then train never stand in for, or replace, the committed ones.
     """
-    folder = REPO_ROOT / ("runs/smoke" if smoke_test() else "checkpoints")
-    return folder / f"{name}.pt"
+    if smoke_test():
+        return trained_checkpoint(name)
+    here = Path.cwd()
+    paths = [folder / "checkpoints" / f"{name}.pt" for folder in (here, *here.parents)]
+    return next((path for path in paths if path.is_file()), paths[0])
 
 
 def trained_checkpoint(name: str) -> Path:
     """Where a lesson saves a model it trains itself: ``runs/NAME.pt``.
 
-    ``runs/`` is ignored by git, so running a lesson never rewrites a committed file
-    (the models in ``checkpoints/`` are inputs only) and a learner's next
-    ``git pull`` cannot conflict with it. ``VAE_COURSE_RUNS`` moves the folder
-    (``make course`` points it into ``build/``); the smoke switch uses its
-    ``smoke/`` subfolder, which ``make test`` empties first.
+    ``runs/`` lies in the working directory, or where ``VAE_COURSE_RUNS`` says
+    (``make lab`` and ``make test`` point it at the repository's ``runs/``, which
+    git ignores; ``make course`` into ``build/``): running a lesson never rewrites
+    a committed file. The smoke switch uses its ``smoke/`` subfolder, which
+    ``make test`` empties first.
     """
-    folder = Path(os.environ.get("VAE_COURSE_RUNS") or REPO_ROOT / "runs")
+    folder = Path.cwd() / (os.environ.get("VAE_COURSE_RUNS") or "runs")
     if smoke_test():
         folder = folder / "smoke"
     return folder / f"{name}.pt"
@@ -287,7 +287,7 @@ def load_or_train(name: str, train, device=None):
     ``(model, payload)`` as from :func:`load_checkpoint`. The model the learner
     trained (:func:`trained_checkpoint`, say by running lesson 04) comes first, then
     the committed one (:func:`course_checkpoint`), which is only read; a model
-    trained here is saved under ``runs/``, never over a committed file.
+    trained here is saved at the first path, never over a committed file.
     """
     trained = trained_checkpoint(name)
     for path in (trained, course_checkpoint(name)):

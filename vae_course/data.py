@@ -15,11 +15,12 @@ Where the files live (the first that applies):
 
 1. the ``root`` argument;
 2. the environment variable ``VAE_COURSE_DATA``;
-3. ``data/`` at the root of the repository.
+3. ``data/`` in the working directory.
 
 Each is a torchvision root: MNIST sits in ``<root>/MNIST/raw/`` and Fashion-MNIST
 in ``<root>/FashionMNIST/raw/``. Only those four raw files are read (an old
-torchvision ``processed/`` cache beside them is ignored). Files that are absent are
+torchvision ``processed/`` cache beside them is ignored); a file found only as
+torchvision's ``.gz`` archive is extracted first. Files that are absent are
 downloaded there; files that are present are never downloaded again, and a download
 that fails leaves no folders behind.
 """
@@ -28,17 +29,16 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import gzip
 import io
 import os
 import shutil
 import tempfile
+import zlib
 from pathlib import Path
 from urllib.error import URLError
 
 import torch
-import torchvision
-from torchvision.datasets.mnist import read_image_file, read_label_file
-from torchvision.datasets.utils import download_and_extract_archive
 
 __all__ = [
     "DATASETS",
@@ -59,8 +59,9 @@ __all__ = [
 
 #: Environment variable naming a torchvision root that already holds the data.
 ENV_VAR = "VAE_COURSE_DATA"
-#: Used when neither an argument nor ``VAE_COURSE_DATA`` names a root.
-DEFAULT_ROOT = Path(__file__).resolve().parents[1] / "data"
+#: Used when neither an argument nor ``VAE_COURSE_DATA`` names a root; relative, so
+#: it lies in the working directory.
+DEFAULT_ROOT = Path("data")
 #: Dataset name -> torchvision class name (also the folder under the root).
 DATASETS = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST"}
 #: Split name -> number of images it holds.
@@ -108,13 +109,14 @@ def _root_and_origin(root: str | os.PathLike | None) -> tuple[Path, str]:
     from_env = os.environ.get(ENV_VAR, "").strip()
     if from_env:
         return Path(from_env).expanduser(), f"${ENV_VAR}"
-    return Path(DEFAULT_ROOT), "the default data/ folder of the repository"
+    return Path(DEFAULT_ROOT), "the default data/ folder of the working directory"
 
 
 def data_root(root: str | os.PathLike | None = None) -> Path:
     """The torchvision root that :func:`load_mnist` reads, resolved to an absolute path.
 
-    ``root`` when given, else ``$VAE_COURSE_DATA``, else ``data/`` in the repository.
+    ``root`` when given, else ``$VAE_COURSE_DATA``, else ``data/`` in the working
+    directory.
     """
     return _root_and_origin(root)[0].resolve()
 
@@ -146,14 +148,12 @@ def load_mnist(split: str = "train", dataset: str = "mnist",
         return _load_split(dataset, split, str(resolved))
     except _DownloadFailed as failure:
         raise DataNotFoundError(
-            _not_found_message(DATASETS[dataset], resolved, origin, failure.reason)
+            _not_found_message(DATASETS[dataset], resolved, origin, str(failure))
         ) from None
 
 
 class _DownloadFailed(Exception):
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
+    """The download did not complete; the message is why."""
 
 
 def validation_indices(validation_size: int = VALIDATION_SIZE,
@@ -194,14 +194,22 @@ def _load_cached(dataset: str, split: str,
             raise DataCorruptError(
                 f"{path} is a folder or other non-file where the data file should "
                 "be. Remove it and rerun: the file is then downloaded again.")
+        if not path.exists() and path.with_name(f"{name}.gz").is_file():
+            _extract(path)
     if not all((raw_folder / name).is_file() for name in FILE_NAMES):
+        import torchvision  # here, not at the top: its import takes seconds
+
         _download(getattr(torchvision.datasets, DATASETS[dataset]), raw_folder)
     # The raw files are read directly: torchvision would prefer a stale
     # processed/ cache from an old version over them, without a word.
-    prefix = "train" if split == "train" else "t10k"
-    images = _read(raw_folder / f"{prefix}-images-idx3-ubyte", read_image_file)
-    labels = _read(raw_folder / f"{prefix}-labels-idx1-ubyte", read_label_file)
-    _validate(images, labels, raw_folder, split)
+    from torchvision.datasets.mnist import read_image_file, read_label_file
+
+    prefix = raw_folder / ("train" if split == "train" else "t10k")
+    image_file, label_file = (Path(f"{prefix}-{kind}-idx{dims}-ubyte")
+                              for kind, dims in (("images", 3), ("labels", 1)))
+    images = _read(image_file, read_image_file)
+    labels = _read(label_file, read_label_file)
+    _validate(images, labels, image_file, label_file, _FILE_SIZES[split])
     images = images.reshape(len(images), IMAGE_SIDE * IMAGE_SIDE).float().div_(255.0)
     return images, labels.long()
 
@@ -217,6 +225,27 @@ def _read(path: Path, reader) -> torch.Tensor:
             "and rerun to download it again.") from None
     except _PARSE_ERRORS:
         raise DataCorruptError(_corrupt_message(path, "it cannot be parsed")) from None
+
+
+def _extract(target: Path) -> None:
+    """Extract ``target`` from its ``.gz`` archive beside it, as torchvision would but
+    offline; into a temporary file first, so that none is left half-written."""
+    archive = target.with_name(f"{target.name}.gz")
+    temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    try:
+        with gzip.open(archive) as source, open(temporary, "wb") as file:
+            shutil.copyfileobj(source, file)
+        os.replace(temporary, target)
+    except (gzip.BadGzipFile, EOFError, zlib.error) as error:
+        raise DataCorruptError(_corrupt_message(
+            archive, f"it cannot be extracted: {error}")) from None
+    except OSError as error:
+        raise DataNotFoundError(
+            f"{target} is missing and {archive.name} cannot be extracted there "
+            f"({error.strerror or error}); extract it by hand, or make "
+            f"{target.parent} writable") from None
+    finally:
+        temporary.unlink(missing_ok=True)
 
 
 def _download(dataset_class, raw_folder: Path) -> None:
@@ -251,6 +280,8 @@ def _download(dataset_class, raw_folder: Path) -> None:
 
 def _download_one(mirrors, filename: str, md5: str, staging: Path) -> None:
     """Try each mirror in turn, quietly; _DownloadFailed with the last reason."""
+    from torchvision.datasets.utils import download_and_extract_archive
+
     reason = "no mirror to download from"
     chatter = io.StringIO()  # torchvision's progress bars and messages
     for mirror in mirrors:
@@ -283,13 +314,9 @@ def _corrupt_message(path: Path, problem: str) -> str:
             f"downloaded again, or copy a good one there by hand.")
 
 
-def _validate(images: torch.Tensor, labels: torch.Tensor, raw_folder: Path,
-              split: str) -> None:
+def _validate(images: torch.Tensor, labels: torch.Tensor, image_file: Path,
+              label_file: Path, count: int) -> None:
     """Check shapes, dtypes and label values, naming the file that is wrong."""
-    prefix = "train" if split == "train" else "t10k"
-    image_file = raw_folder / f"{prefix}-images-idx3-ubyte"
-    label_file = raw_folder / f"{prefix}-labels-idx1-ubyte"
-    count = _FILE_SIZES[split]
     expected = (count, IMAGE_SIDE, IMAGE_SIDE)
     if images.dtype != torch.uint8 or tuple(images.shape) != expected:
         raise DataCorruptError(_corrupt_message(
