@@ -22,6 +22,7 @@ from PIL import Image
 
 from vae_course import cli
 from vae_course.checkpoints import load_checkpoint, restore_optimizer, save_checkpoint
+from vae_course.data import DataNotFoundError
 from vae_course.models import build_vae
 
 REPO = Path(__file__).resolve().parents[1]
@@ -29,8 +30,8 @@ TINY = ["--latent-dim", "2", "--hidden-sizes", "16", "--batch-size", "50",
         "--device", "cpu", "--no-progress"]
 ELBO_LINE = re.compile(r"^validation -ELBO: (\d+\.\d\d) nats \(epoch (\d+)\); "
                        r"best (\d+\.\d\d) at epoch (\d+), kept in .*best\.pt$")
-LOG_P_LINE = re.compile(r"^test log p\(x\) \(importance sampled, K=(\d+)\): "
-                        r"(-\d+\.\d\d) nats")
+LOG_P = re.compile(r"^(-\d+\.\d\d) nats, standard error \d+\.\d\d "
+                   r"\(K=(\d+) importance samples, \d+ s\)$")
 
 
 def synthetic_split(split, dataset="mnist", root=None):
@@ -76,6 +77,22 @@ def run(argv, capsys):
         status = exit_.code
     captured = capsys.readouterr()
     return status, captured.out.splitlines(), captured.err.splitlines()
+
+
+def table(out):
+    """The rows evaluate prints under its first line, {name: value}, checked to be
+    two aligned columns."""
+    rows = [re.match(r"^  (\S.*?)(  +)(\S.*)$", line) for line in out[1:]]
+    assert all(rows), out
+    assert len({row.start(3) for row in rows}) == 1, out  # one column of values
+    return {row.group(1): row.group(3) for row in rows}
+
+
+def negative_elbo(rows, split="test"):
+    match = re.match(r"^(\d+\.\d\d) nats \(reconstruction -?\d+\.\d\d, KL "
+                     r"\d+\.\d\d\)$", rows[f"{split} -ELBO"])
+    assert match, rows
+    return float(match.group(1))
 
 
 def rows_without_seconds(folder):
@@ -158,6 +175,11 @@ def test_python_dash_m_help_runs():
     (["train", "--device", "cuda"], "--device"),
     (["train", "--device", "gpu"], "--device"),
     (["train", "--resume", "--overwrite"], "--overwrite"),
+    (["train", "--output", ""], "--output"),
+    (["train", "--epocs", "3"], "--epocs 3; did you mean --epochs?"),
+    (["train", "--hiden-sizes=8"], "did you mean --hidden-sizes?"),
+    (["evaluate", ""], "checkpoint"),
+    (["evaluate", "checkpoint.pt", "--limt", "5"], "did you mean --limit?"),
     (["evaluate", "checkpoint.pt", "--k", "0"], "--k"),
     (["evaluate", "checkpoint.pt", "--limit", "-5"], "--limit"),
     (["evaluate"], "checkpoint"),
@@ -237,6 +259,7 @@ def test_train_writes_every_file_and_reports_the_validation_elbo(capsys, fake_da
     assert [float(r["validation_loss"]) for r in table] == losses
     assert set(table[0]) == set(rows[0])
     check_pictures(folder, 2)
+    assert out[0].startswith("trained 2 epochs in "), out
     match = ELBO_LINE.match(out[-1])
     assert match, out
     assert float(match.group(1)) == round(rows[-1]["validation_loss"], 2)
@@ -267,6 +290,53 @@ def test_resume_continues_exactly_like_a_straight_run(capsys, fake_data, tmp_pat
     assert rows[:1] == first_epoch
     assert rows == rows_without_seconds(straight)
     check_pictures(resumed, 2)
+    check_pictures(resumed, 1)  # the epochs before --resume keep theirs
+    assert out[0].startswith("trained 1 epoch in "), out
+
+
+def test_a_new_run_takes_the_defaults_of_fit_and_build_vae(capsys, fake_data,
+                                                           tmp_path):
+    from vae_course.train import fit
+
+    folder = tmp_path / "run"
+    status, _, err = run(["train", "--epochs", "1", "--output", folder, "--device",
+                          "cpu", "--no-progress"], capsys)
+    assert status == 0, err
+    torch.manual_seed(0)
+    reference = build_vae()
+    history = fit(reference, synthetic_split("train")[0],
+                  synthetic_split("validation")[0], num_epochs=1, progress=False)
+    assert rows_without_seconds(folder) == [
+        {k: v for k, v in row.items() if k != "seconds"} for row in history.rows]
+    model, _ = load_checkpoint(folder / "best.pt")
+    assert model.config == reference.config
+
+
+def test_an_iwae_run_given_a_kl_weight_is_refused_in_fits_words(capsys, fake_data,
+                                                                tmp_path):
+    status, _, err = run(["train", "--iwae-samples", "5", "--warmup-epochs", "2",
+                          "--output", tmp_path / "run", *TINY], capsys)
+    assert status == 2
+    assert err[0].startswith("python -m vae_course train: error: --warmup-epochs 2.0 "
+                             "--iwae-samples 5: iwae_samples=5 trains on the k-sample")
+    assert "no KL term" in err[0]
+    assert fake_data == [] and not (tmp_path / "run").exists()
+
+
+def test_resume_refuses_a_saved_iwae_run_with_a_kl_weight(capsys, fake_data,
+                                                         tmp_path):
+    folder = tmp_path / "run"
+    assert run(["train", "--epochs", "1", "--output", folder, *TINY], capsys)[0] == 0
+    path = folder / "checkpoint.pt"
+    payload = torch.load(path, weights_only=True)
+    payload["extra"]["settings"].update(iwae_samples=5, beta=2.0)
+    torch.save(payload, path)
+    fake_data.clear()
+    status, _, err = run(["train", "--resume", "--epochs", "2", "--output", folder,
+                          "--no-progress"], capsys)
+    assert status == 1
+    assert err[0].startswith(f"error: {path} cannot be resumed") and "KL" in err[0]
+    assert fake_data == []
 
 
 def test_overwrite_starts_again(capsys, fake_data, tmp_path):
@@ -281,6 +351,91 @@ def test_overwrite_starts_again(capsys, fake_data, tmp_path):
     assert [row["epoch"] for row in payload["history"].rows] == [1]
 
 
+def test_overwrite_removes_the_old_runs_files_and_only_those(capsys, fake_data,
+                                                            tmp_path):
+    folder = tmp_path / "run"
+    assert run(["train", "--epochs", "3", "--output", folder, *TINY], capsys)[0] == 0
+    (folder / "notes.txt").write_text("mine\n")
+    (folder / "sample_old.png").write_text("mine too\n")
+    status, _, err = run(["train", "--epochs", "1", "--overwrite", "--output", folder,
+                          *TINY], capsys)
+    assert status == 0, err
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "best.pt", "checkpoint.pt", "metrics.csv", "metrics.json", "notes.txt",
+        "reconstruction_001.png", "sample_001.png", "sample_old.png"]
+    _, best = load_checkpoint(folder / "best.pt")
+    assert len(best["history"]) == 1  # not the old run's best epoch
+    assert [row["epoch"] for row in rows_without_seconds(folder)] == [1]
+
+
+def test_an_overwrite_that_is_refused_loses_nothing(capsys, fake_data, tmp_path,
+                                                    monkeypatch):
+    folder = tmp_path / "run"
+    assert run(["train", "--epochs", "2", "--output", folder, *TINY], capsys)[0] == 0
+    before = {path.name: path.read_bytes() for path in folder.iterdir()}
+    status, _, err = run(["train", "--overwrite", "--channels", "4", "--output",
+                          folder, *TINY], capsys)
+    assert status == 2 and "--channels" in err[0]
+
+    def missing(*args):
+        raise DataNotFoundError("MNIST data not found in the test's root")
+
+    monkeypatch.setattr(cli, "load_mnist", missing)
+    status, _, err = run(["train", "--overwrite", "--output", folder, *TINY], capsys)
+    assert status == 1 and "not found" in err[0]
+    assert {path.name: path.read_bytes() for path in folder.iterdir()} == before
+
+
+def test_a_folder_holding_an_old_runs_pictures_is_refused(capsys, fake_data,
+                                                         tmp_path):
+    folder = tmp_path / "run"
+    folder.mkdir()
+    (folder / "sample_007.png").write_bytes(b"an old picture")
+    status, out, err = run(["train", "--epochs", "1", "--output", folder, *TINY],
+                           capsys)
+    assert status == 2
+    assert_one_clean_line(err)
+    assert err[0].endswith(f"error: --output {folder} already holds a run "
+                           "(sample_007.png); "
+                           "pass --resume to continue it, --overwrite to replace it, "
+                           "or choose another --output")
+    assert fake_data == []
+    assert sorted(p.name for p in folder.iterdir()) == ["sample_007.png"]
+    # Files a run does not write do not stop one.
+    (folder / "sample_007.png").rename(folder / "notes.txt")
+    assert run(["train", "--epochs", "1", "--output", folder, *TINY], capsys)[0] == 0
+
+
+def test_evaluate_given_a_run_folder_scores_its_best_model(capsys, fake_data,
+                                                           tmp_path):
+    folder = tmp_path / "run"
+    assert run(["train", "--epochs", "2", "--output", folder, *TINY], capsys)[0] == 0
+    scores = []
+    for target in (folder, folder / "best.pt"):
+        status, out, err = run(["evaluate", target, "--k", "3", "--no-progress",
+                                "--device", "cpu"], capsys)
+        assert status == 0, err
+        assert out[0].endswith(f"the model in {folder / 'best.pt'}:")
+        scores.append(out[1:])
+    assert scores[0][:-2] == scores[1][:-2]  # all but the timings and sampling
+    assert negative_elbo(table(["", *scores[0]])) == negative_elbo(
+        table(["", *scores[1]]))
+
+
+def test_evaluate_given_another_file_says_it_is_not_a_checkpoint(capsys, fake_data,
+                                                                 tmp_path):
+    folder = tmp_path / "run"
+    assert run(["train", "--epochs", "1", "--output", folder, *TINY], capsys)[0] == 0
+    fake_data.clear()
+    status, out, err = run(["evaluate", folder / "metrics.csv", "--no-progress"],
+                           capsys)
+    assert status == 1 and out == []
+    assert_one_clean_line(err)
+    assert err[0] == (f"error: {folder / 'metrics.csv'} is not a vae-course "
+                      "checkpoint (not a file written by torch.save)")
+    assert fake_data == []
+
+
 def test_evaluate_prints_the_log_likelihood_and_the_elbo(capsys, fake_data, tmp_path):
     folder = tmp_path / "run"
     assert run(["train", "--epochs", "1", "--output", folder, *TINY], capsys)[0] == 0
@@ -289,16 +444,21 @@ def test_evaluate_prints_the_log_likelihood_and_the_elbo(capsys, fake_data, tmp_
                             "--limit", "20", "--no-progress", "--device", "cpu",
                             "--json", report], capsys)
     assert status == 0, err
-    log_p = [LOG_P_LINE.match(line) for line in out if LOG_P_LINE.match(line)]
-    elbo = [line for line in out if line.startswith("test -ELBO: ")]
-    assert len(log_p) == 1 and len(elbo) == 1, out
-    assert log_p[0].group(1) == "10"
-    negative_elbo = float(re.match(r"test -ELBO: (\d+\.\d\d) nats", elbo[0]).group(1))
-    assert "20 images" in out[0]
+    assert out[0] == (f"mnist test set, 20 images; the model in "
+                      f"{folder / 'checkpoint.pt'}:")
+    rows = table(out)
+    # The model's config as rows of the table, not a Python dict.
+    assert {name: rows[name] for name in ("architecture", "latent_dim",
+                                          "hidden_sizes", "likelihood")} == {
+        "architecture": "mlp", "latent_dim": "2", "hidden_sizes": "16",
+        "likelihood": "bernoulli"}
+    assert not any("{" in line for line in out), out
+    log_p = LOG_P.match(rows["test log p(x)"])
+    assert log_p and log_p.group(2) == "10", rows
     numbers = json.loads(report.read_text())
     assert numbers["k"] == 10 and numbers["images"] == 20
-    assert numbers["negative_elbo"] == pytest.approx(negative_elbo, abs=0.005)
-    assert numbers["log_likelihood"] == pytest.approx(float(log_p[0].group(2)),
+    assert numbers["negative_elbo"] == pytest.approx(negative_elbo(rows), abs=0.005)
+    assert numbers["log_likelihood"] == pytest.approx(float(log_p.group(1)),
                                                       abs=0.005)
     assert numbers["split"] == "test" and fake_data[-1][0] == "test"
 
@@ -314,8 +474,7 @@ def test_evaluate_gives_a_conditional_model_its_labels(capsys, fake_data, tmp_pa
                             "--no-progress", "--device", "cpu", "--json", report],
                            capsys)
     assert status == 0, err
-    assert any(line.startswith("test log p(x|y) (importance sampled, K=5)")
-               for line in out), out
+    assert LOG_P.match(table(out)["test log p(x|y)"]).group(2) == "5"
     images, labels = synthetic_split("test")
     expected = evaluate_elbo(model, images[:20], labels=labels[:20])["negative_elbo"]
     assert json.loads(report.read_text())["negative_elbo"] == pytest.approx(expected)
@@ -331,10 +490,11 @@ def test_evaluate_reads_the_split_it_is_given(capsys, fake_data, tmp_path):
         assert status == 0, err
         assert fake_data[-1][0] == split
         assert out[0].startswith(f"mnist {split} set, 50 images")
-        assert any(line.startswith(f"{split} log p(x)") for line in out), out
-        outputs[split] = [line for line in out if line.startswith(f"{split} -ELBO")]
+        rows = table(out)
+        assert LOG_P.match(rows[f"{split} log p(x)"]), rows
+        outputs[split] = negative_elbo(rows, split)
     # Different images, different numbers.
-    assert outputs["validation"][0][len("validation"):] != outputs["test"][0][4:]
+    assert outputs["validation"] != outputs["test"]
 
 
 def test_evaluate_reports_a_missing_checkpoint(capsys, fake_data, tmp_path):
@@ -396,12 +556,9 @@ def test_end_to_end_on_mnist(capsys, tmp_path, real_data_root):
     status, out, _ = run(["evaluate", folder / "checkpoint.pt", "--k", "10",
                           "--limit", "100", "--no-progress"], capsys)
     assert status == 0
-    log_p = [LOG_P_LINE.match(line) for line in out if LOG_P_LINE.match(line)]
-    elbo = [line for line in out if line.startswith("test -ELBO: ")]
-    assert len(log_p) == 1 and len(elbo) == 1, out
-    negative_elbo = float(re.match(r"test -ELBO: (\d+\.\d\d)", elbo[0]).group(1))
-    assert 50 < -float(log_p[0].group(2)) < 250
-    assert 50 < negative_elbo < 250
+    rows = table(out)
+    assert 50 < -float(LOG_P.match(rows["test log p(x)"]).group(1)) < 250
+    assert 50 < negative_elbo(rows) < 250
 
 
 # --- resuming continues the run that was saved --------------------------------
@@ -723,8 +880,7 @@ def test_compile_trains_through_torch_compile_and_may_change_on_resume(
     status, out, err = run(["train", "--epochs", "1", "--compile", "--output", folder,
                             *TINY], capsys)
     assert status == 0, err
-    assert [request["function"] for request in graph_compiler] == [
-        "terms_of_checked_pixels"]
+    assert len(graph_compiler) == 1, graph_compiler  # the step's terms, one graph
     status, out, err = run(["train", "--resume", "--epochs", "2", "--output", folder,
                             "--no-progress"], capsys)
     assert status == 0, err

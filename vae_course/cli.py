@@ -12,16 +12,18 @@ from __future__ import annotations
 
 import argparse
 import csv
+import difflib
+import inspect
 import json
 import math
 import os
+import re
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
-from torchvision.utils import save_image
 
 from .checkpoints import (
     CheckpointError,
@@ -34,22 +36,26 @@ from .distributions import LIKELIHOODS
 from .evaluate import evaluate_elbo, importance_weighted_log_likelihood
 from .models import ARCHITECTURES, CONV_CHANNELS, build_vae, is_conditional
 from .runtime import default_device, seed_everything, set_threads
-from .train import check_number, fit
+from .train import check_number, check_objective, fit
 
 CHECKPOINT = "checkpoint.pt"
 # The epoch with the lowest validation -ELBO so far: the model a run chose.
 BEST = "best.pt"
+# Every file a run writes in its folder, and only those: --overwrite removes them.
+RUN_FILES = re.compile(r"(checkpoint|best)\.pt|metrics\.(csv|json)"
+                       r"|(reconstruction|sample)_\d{3,}\.png")
 # What a training run is made of: saved in its checkpoint, and on --resume taken
-# from there (the model's config holds the first four, the settings the rest).
+# from there (the model's config holds the first, the settings the second).
 MODEL_SETTINGS = ("architecture", "latent_dim", "hidden_sizes", "likelihood",
                   "channels")
 RUN_SETTINGS = ("dataset", "batch_size", "lr", "beta", "warmup_epochs", "seed",
                 "iwae_samples")
-TRAIN_DEFAULTS = {"epochs": 16, "batch_size": 100, "latent_dim": 32,
-                  "hidden_sizes": [100, 100], "architecture": "mlp", "channels": None,
-                  "likelihood": "bernoulli", "lr": 1e-3, "beta": 1.0,
-                  "warmup_epochs": 0.0, "dataset": "mnist", "seed": 0,
-                  "iwae_samples": 1}
+FIT_NAMES = {"lr": "learning_rate"}  # a flag's name where fit's differs
+# The defaults are build_vae's and fit's own; the epochs and the dataset the CLI's.
+DEFAULTS = {"epochs": 16, "dataset": "mnist", **{
+    name: inspect.signature(function).parameters[FIT_NAMES.get(name, name)].default
+    for function, names in ((build_vae, MODEL_SETTINGS), (fit, RUN_SETTINGS[1:]))
+    for name in names}}
 SEED_LIMIT = 2**32  # numpy's seeds lie below it
 
 
@@ -62,31 +68,47 @@ class ResourceError(Exception):
 
 
 class _Parser(argparse.ArgumentParser):
-    """Bad values end in one line on stderr and exit status 2."""
+    """Bad values end in one line on stderr and exit status 2; a mistyped flag is
+    answered by its command, with the flag it resembles."""
+
+    def parse_known_args(self, args=None, namespace=None):
+        namespace, extras = super().parse_known_args(args, namespace)
+        if extras:
+            self.error(f"unrecognized arguments: {' '.join(extras)}")
+        return namespace, extras
 
     def error(self, message):
+        if message.startswith("unrecognized arguments: "):
+            flags = [flag for action in self._actions for flag in action.option_strings]
+            for word in message.split()[2:]:
+                guess = difflib.get_close_matches(word.split("=")[0], flags, n=1)
+                if word.startswith("-") and guess:
+                    message += f"; did you mean {guess[0]}?"
+                    break
         self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _path(text):
+    """An argparse type: a path, refused when empty (it would mean this folder)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty path; name a file or folder")
+    return Path(text)
 
 
 def _number(kind, allow_zero: bool = False):
     """An argparse type: a finite number of ``kind`` above zero (or at least zero)."""
+    wanted = (f"{'a non-negative' if allow_zero else 'a positive'} "
+              f"{'integer below 2**32' if kind is int else 'number'}")
+
     def parse(text):
         try:
-            value = kind(text)
-        except ValueError:
-            message = f"{text!r} is not {'an integer' if kind is int else 'a number'}"
-            raise argparse.ArgumentTypeError(message) from None
-        bound = "zero or more" if allow_zero else "positive"
-        bound += " and below 2**32" if kind is int else ""
-        try:
-            value = check_number(text, value, integer=kind is int,
+            value = check_number(text, kind(text), integer=kind is int,
                                  allow_zero=allow_zero)
+            if kind is int and value >= SEED_LIMIT:
+                raise ValueError(text)
+            return value
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} must be {bound}") from None
-        if kind is int and value >= SEED_LIMIT:
-            raise argparse.ArgumentTypeError(f"{text!r} must be {bound}")
-        return value
-    parse.__name__ = f"{'non-negative' if allow_zero else 'positive'} {kind.__name__}"
+            raise argparse.ArgumentTypeError(f"{text!r} is not {wanted}") from None
     return parse
 
 
@@ -124,41 +146,34 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="train a model, writing pictures, "
                                 "metrics and a checkpoint each epoch; the epoch with "
                                 "the best validation -ELBO is kept in best.pt")
-    train.add_argument("--epochs", type=_number(int), default=None,
-                       help="number of passes over the training set (default: 16)")
-    train.add_argument("--batch-size", type=_number(int), default=None,
-                       help="images per step (default: 100)")
-    train.add_argument("--latent-dim", type=_number(int), default=None,
-                       help="size of the latent code z (default: 32)")
-    train.add_argument("--hidden-sizes", type=_number(int), nargs="+",
-                       default=None, metavar="N",
-                       help="hidden layer widths of the MLP encoder; the decoder "
-                            "mirrors them (default: 100 100)")
-    train.add_argument("--architecture", choices=ARCHITECTURES, default=None,
-                       help="multilayer perceptron or convolutional (default: mlp)")
+    def setting(flag, help, **options):  # its default is given when the run is new
+        default = DEFAULTS[flag[2:].replace("-", "_")]
+        train.add_argument(flag, default=None, **options,
+                           help=f"{help} (default: {_shown(default)})")
+
+    setting("--epochs", "number of passes over the training set", type=_number(int))
+    setting("--batch-size", "images per step", type=_number(int))
+    setting("--latent-dim", "size of the latent code z", type=_number(int))
+    setting("--hidden-sizes", "hidden layer widths of the MLP encoder; the decoder "
+            "mirrors them", type=_number(int), nargs="+", metavar="N")
+    setting("--architecture", "multilayer perceptron or convolutional",
+            choices=ARCHITECTURES)
     train.add_argument("--channels", type=_number(int), default=None,
                        help="width of the conv architecture: channels of its first "
                             "convolution, the second has twice as many (default: "
                             f"{CONV_CHANNELS})")
-    train.add_argument("--likelihood", choices=LIKELIHOODS, default=None,
-                       help="pixel model; bernoulli binarizes the images afresh "
-                            "every batch, the other two take the grey levels "
-                            "(default: bernoulli)")
-    train.add_argument("--lr", type=_number(float), default=None,
-                       help="Adam learning rate (default: 0.001)")
-    train.add_argument("--beta", type=_number(float, allow_zero=True), default=None,
-                       help="weight of the KL term, 1 for the true ELBO (default: 1)")
-    train.add_argument("--warmup-epochs", type=_number(float, allow_zero=True),
-                       default=None,
-                       help="epochs over which the KL weight rises from 0 to beta "
-                            "(default: 0)")
-    train.add_argument("--iwae-samples", type=_number(int), default=None, metavar="K",
-                       help="train an IWAE on the K-sample importance-weighted bound; "
-                            "1 is the VAE's ELBO (default: 1)")
+    setting("--likelihood", "pixel model; bernoulli binarizes the images afresh "
+            "every batch, the other two take the grey levels", choices=LIKELIHOODS)
+    setting("--lr", "Adam learning rate", type=_number(float))
+    setting("--beta", "weight of the KL term, 1 for the true ELBO",
+            type=_number(float, allow_zero=True))
+    setting("--warmup-epochs", "epochs over which the KL weight rises from 0 to beta",
+            type=_number(float, allow_zero=True))
+    setting("--iwae-samples", "train an IWAE on the K-sample importance-weighted "
+            "bound; 1 is the VAE's ELBO", type=_number(int), metavar="K")
     _add_common(train, seed_default=None)
-    train.add_argument("--dataset", choices=tuple(DATASETS), default=None,
-                       help="which images to learn (default: mnist)")
-    train.add_argument("--output", type=Path, default=Path("runs/default"),
+    setting("--dataset", "which images to learn", choices=tuple(DATASETS))
+    train.add_argument("--output", type=_path, default=Path("runs/default"),
                        help="folder for pictures, metrics and the checkpoint "
                             "(default: runs/default)")
     action = train.add_mutually_exclusive_group()
@@ -166,7 +181,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="continue the run saved in --output, with the "
                              "dataset and settings saved there, up to --epochs")
     action.add_argument("--overwrite", action="store_true",
-                        help="replace a run already saved in --output")
+                        help="replace a run already saved in --output (its "
+                             "pictures, metrics and checkpoints are removed)")
     train.add_argument("--eval-k", type=_number(int, allow_zero=True), default=0,
                        metavar="K",
                        help="after training, also estimate the validation "
@@ -178,29 +194,31 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluate = commands.add_parser("evaluate", help="print the test ELBO and the "
                                    "importance-sampled log-likelihood of a checkpoint")
-    evaluate.add_argument("checkpoint", type=Path,
-                          help="a best.pt or checkpoint.pt written by train")
+    evaluate.add_argument("checkpoint", type=_path,
+                          help="a best.pt or checkpoint.pt written by train, or the "
+                               "run's folder (its best.pt)")
     evaluate.add_argument("--split", choices=("test", "validation"), default="test",
                           help="which held-out images (default: test)")
     evaluate.add_argument("--k", type=_number(int), default=5000,
                           help="importance samples per image (default: 5000)")
     evaluate.add_argument("--limit", type=_number(int), default=None,
                           help="use only the first N images (default: all)")
-    evaluate.add_argument("--json", type=Path, default=None, metavar="FILE",
+    evaluate.add_argument("--json", type=_path, default=None, metavar="FILE",
                           help="also write the numbers to FILE as JSON")
     _add_common(evaluate)
     return parser
 
 
-def _add_common(parser, seed_default=0):
+def _add_common(parser, seed_default=DEFAULTS["seed"]):
     parser.add_argument("--seed", type=_number(int, allow_zero=True),
                         default=seed_default,
-                        help="random seed, 0 to 2**32 - 1 (default: 0)")
+                        help="random seed, 0 to 2**32 - 1 (default: "
+                             f"{DEFAULTS['seed']})")
     parser.add_argument("--device", type=_device, default="auto",
                         help="auto, cpu, cuda or cuda:N (default: auto)")
-    parser.add_argument("--data-root", type=Path, default=None,
+    parser.add_argument("--data-root", type=_path, default=None,
                         help="torchvision data folder (default: $VAE_COURSE_DATA, "
-                             "else data/ in the repository)")
+                             "else data/ in the working directory)")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     parser.add_argument("--threads", type=_number(int), default=None,
                         help="CPU threads for PyTorch (default: $VAE_COURSE_THREADS, "
@@ -216,6 +234,8 @@ def _write_metrics(folder: Path, history) -> None:
 
 
 def _save_pictures(folder: Path, model, images, epoch: int, seed: int) -> None:
+    from torchvision.utils import save_image  # here: its import takes seconds
+
     originals = images[:8].to(model.device)
     pairs = torch.cat([originals, model.reconstruct(originals)]).reshape(-1, 1, 28, 28)
     save_image(pairs.cpu(), folder / f"reconstruction_{epoch:03d}.png", nrow=8)
@@ -228,7 +248,11 @@ def _flag(name: str) -> str:
 
 
 def _shown(value) -> str:
-    return " ".join(map(str, value)) if isinstance(value, list) else str(value)
+    return " ".join(map(str, value)) if isinstance(value, list | tuple) else str(value)
+
+
+def _plural(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
 def _check_output_folder(folder: Path) -> None:
@@ -290,6 +314,8 @@ def _saved_settings(path: Path, payload: dict) -> dict:
                                           ("iwae_samples", True, False)]:
             checked[name] = check_number(f"its setting {name}", settings[name],
                                          integer=integer, allow_zero=allow_zero)
+        check_objective(checked["beta"], checked["warmup_epochs"],
+                        checked["iwae_samples"])
     except (TypeError, ValueError) as error:
         raise CheckpointError(f"{path} cannot be resumed: {error}") from None
     if checked["seed"] >= SEED_LIMIT:
@@ -342,16 +368,29 @@ def _build_model(config: dict, device: torch.device):
     return build_vae(**config).to(device)
 
 
+def _old_run(folder: Path, args) -> list[Path]:
+    """The files of an earlier run in ``folder``, which a new run replaces: refused
+    unless --overwrite; none on --resume, which continues them."""
+    checkpoint = folder / CHECKPOINT
+    if args.resume:
+        if not checkpoint.exists():
+            raise UsageError(f"--resume given but there is no {checkpoint}")
+        return []
+    found = sorted(path for path in folder.glob("*") if RUN_FILES.fullmatch(path.name))
+    if found and not args.overwrite:
+        names = ", ".join(path.name for path in found[:3]) + ", ..." * (len(found) > 3)
+        raise UsageError(f"--output {folder} already holds a run ({names}); pass "
+                         "--resume to continue it, --overwrite to replace it, or "
+                         "choose another --output")
+    return found
+
+
 def run_train(args) -> int:
-    explicit = {name: getattr(args, name) for name in TRAIN_DEFAULTS
+    explicit = {name: getattr(args, name) for name in DEFAULTS
                 if getattr(args, name) is not None and name != "epochs"}
-    num_epochs = args.epochs if args.epochs is not None else TRAIN_DEFAULTS["epochs"]
+    num_epochs = args.epochs if args.epochs is not None else DEFAULTS["epochs"]
     folder, checkpoint = args.output, args.output / CHECKPOINT
-    if checkpoint.exists() and not (args.resume or args.overwrite):
-        raise UsageError(f"{checkpoint} already exists; pass --resume to continue "
-                         "it, --overwrite to replace it, or choose another --output")
-    if args.resume and not checkpoint.exists():
-        raise UsageError(f"--resume given but there is no {checkpoint}")
+    old_files = _old_run(folder, args)
     _check_output_folder(folder)
     if args.resume:
         model, payload = load_checkpoint(checkpoint, args.device)
@@ -360,28 +399,33 @@ def run_train(args) -> int:
         _refuse_conflicts(explicit, {**settings, **model.config})
         history = payload["history"]
         if num_epochs <= len(history):
-            raise UsageError(f"the saved run already has {len(history)} epochs; pass "
-                             f"--epochs above {len(history)} to train more")
+            raise UsageError(f"the saved run already has "
+                             f"{_plural(len(history), 'epoch')}; pass --epochs above "
+                             f"{len(history)} to train more")
         seed_everything(settings["seed"])
         optimizer = torch.optim.Adam(model.parameters(), lr=settings["lr"])
         restore_optimizer(optimizer, payload)
     else:
-        chosen = {**TRAIN_DEFAULTS, **explicit}
-        settings = {name: chosen[name] for name in RUN_SETTINGS}
-        if settings["iwae_samples"] > 1 and (settings["beta"] != 1
-                                             or settings["warmup_epochs"] != 0):
-            raise UsageError("--iwae-samples above 1 trains on the k-sample bound, "
-                             "which has no KL term to weight: leave out --beta and "
-                             "--warmup-epochs")
-        _refuse_channels(explicit, chosen["architecture"], "this run's")
+        settings = {name: explicit.get(name, DEFAULTS[name]) for name in RUN_SETTINGS}
+        try:  # an IWAE given a KL weight, in fit's words, after the flags
+            check_objective(settings["beta"], settings["warmup_epochs"],
+                            settings["iwae_samples"])
+        except ValueError as error:
+            given = " ".join(f"{_flag(name)} {value}" for name, value in explicit.items()
+                             if name in ("beta", "warmup_epochs", "iwae_samples"))
+            raise UsageError(f"{given}: {error}") from None
+        architecture = explicit.get("architecture", DEFAULTS["architecture"])
+        _refuse_channels(explicit, architecture, "this run's")
         seed_everything(settings["seed"])
-        config = {name: chosen[name] for name in MODEL_SETTINGS
-                  if chosen[name] is not None}  # an MLP has no channels
-        model = _build_model(config, args.device)
+        # build_vae fills in the model's defaults (an MLP has no channels).
+        model = _build_model({name: explicit[name] for name in MODEL_SETTINGS
+                              if name in explicit}, args.device)
         history, optimizer = None, None
     done = len(history) if history is not None else 0
     train_images, _ = load_mnist("train", settings["dataset"], args.data_root)
     validation_images, _ = load_mnist("validation", settings["dataset"], args.data_root)
+    for path in old_files:  # the last check passed: the old run goes
+        path.unlink()
 
     def after_epoch(model, optimizer, history):
         epoch = len(history)
@@ -396,12 +440,10 @@ def run_train(args) -> int:
     started = time.perf_counter()
     try:
         history = fit(model, train_images, validation_images, num_epochs=num_epochs,
-                      batch_size=settings["batch_size"], learning_rate=settings["lr"],
-                      seed=settings["seed"], beta=settings["beta"],
-                      warmup_epochs=settings["warmup_epochs"],
-                      iwae_samples=settings["iwae_samples"], compiled=args.compile,
-                      progress=not args.no_progress, callback=after_epoch,
-                      optimizer=optimizer, history=history)
+                      **{FIT_NAMES.get(name, name): settings[name]
+                         for name in RUN_SETTINGS[1:]},
+                      compiled=args.compile, progress=not args.no_progress,
+                      callback=after_epoch, optimizer=optimizer, history=history)
     except FloatingPointError as error:
         message = str(error)
         if not message.startswith("training diverged"):
@@ -410,11 +452,12 @@ def run_train(args) -> int:
             message += f"; {checkpoint} keeps the last good epoch"
         raise FloatingPointError(message) from None
     last = history.rows[-1]
-    print(f"trained {num_epochs - done} epochs in {time.perf_counter() - started:.1f} "
-          f"s; files in {folder}")
+    print(f"trained {_plural(num_epochs - done, 'epoch')} in "
+          f"{time.perf_counter() - started:.1f} s; files in {folder}")
     if args.eval_k:
-        _print_log_likelihood(model, validation_images, args.eval_k, settings["seed"],
-                              not args.no_progress, "validation")
+        result = _log_likelihood(model, validation_images, args.eval_k,
+                                 settings["seed"], not args.no_progress)
+        print(f"validation log p(x): {_log_p_text(result)}")
     losses = history.column("validation_loss")
     best = losses.index(min(losses))
     print(f"validation -ELBO: {last['validation_loss']:.2f} nats (epoch "
@@ -423,47 +466,54 @@ def run_train(args) -> int:
     return 0
 
 
-def _print_log_likelihood(model, images, k, seed, progress, split: str,
-                          labels=None) -> dict[str, float]:
+def _log_likelihood(model, images, k, seed, progress, labels=None) -> dict:
+    """The importance-sampled log p(x) (log p(x|y) given labels), as --json has it."""
     started = time.perf_counter()
     log_p = importance_weighted_log_likelihood(model, images, num_samples=k, seed=seed,
                                                progress=progress, labels=labels)
-    # A conditional VAE's estimate is of log p(x|y), given the true labels.
-    shown = "log p(x)" if labels is None else "log p(x|y)"
-    seconds = time.perf_counter() - started
     spread = log_p.std().item() if len(log_p) > 1 else 0.0
-    standard_error = spread / math.sqrt(len(log_p))
-    print(f"{split} {shown} (importance sampled, K={k}): {log_p.mean():.2f} nats "
-          f"(standard error {standard_error:.2f}), i.e. -{shown} = "
-          f"{-log_p.mean():.2f} ({seconds:.0f} s)")
-    return {"log_likelihood": log_p.mean().item(), "standard_error": standard_error,
-            "k": k, "seconds": seconds}
+    return {"log_likelihood": log_p.mean().item(),
+            "standard_error": spread / math.sqrt(len(log_p)), "k": k,
+            "seconds": time.perf_counter() - started}
+
+
+def _log_p_text(result: dict) -> str:
+    return (f"{result['log_likelihood']:.2f} nats, standard error "
+            f"{result['standard_error']:.2f} (K={result['k']} importance samples, "
+            f"{result['seconds']:.0f} s)")
 
 
 def run_evaluate(args) -> int:
     if args.json is not None:
         _check_output_file(args.json, "--json")
-    model, payload = load_checkpoint(args.checkpoint, args.device)
+    path = args.checkpoint / BEST if args.checkpoint.is_dir() else args.checkpoint
+    model, payload = load_checkpoint(path, args.device)
     settings = payload["extra"].get("settings")
     dataset = settings.get("dataset", "mnist") if isinstance(settings, dict) \
         else "mnist"
     if dataset not in DATASETS:
-        raise CheckpointError(f"{args.checkpoint} names an unknown dataset "
-                              f"{dataset!r}")
+        raise CheckpointError(f"{path} names an unknown dataset {dataset!r}")
     images, labels = load_mnist(args.split, dataset, args.data_root)
     if args.limit is not None:
         images, labels = images[:args.limit], labels[:args.limit]
     labels = labels if is_conditional(model) else None  # given y, for p(x|y)
     terms = evaluate_elbo(model, images, seed=args.seed, labels=labels)
-    print(f"{dataset} {args.split} set, {len(images)} images, {model.config}")
-    result = _print_log_likelihood(model, images, args.k, args.seed,
-                                   not args.no_progress, args.split, labels)
-    print(f"{args.split} -ELBO: {terms['negative_elbo']:.2f} nats "
-          f"(reconstruction {terms['reconstruction']:.2f}, KL {terms['kl']:.2f})")
+    # A conditional VAE's estimate is of log p(x|y), given the true labels.
+    log_p, elbo = (f"{args.split} log p(x{'' if labels is None else '|y'})",
+                   f"{args.split} -ELBO")
+    width = max(map(len, [*model.config, log_p, elbo]))
+    print(f"{dataset} {args.split} set, {_plural(len(images), 'image')}; the model in "
+          f"{path}:")
+    for name, value in model.config.items():
+        print(f"  {name:<{width}}  {_shown(value)}")
+    result = _log_likelihood(model, images, args.k, args.seed, not args.no_progress,
+                             labels)
+    print(f"  {log_p:<{width}}  {_log_p_text(result)}")
+    print(f"  {elbo:<{width}}  {terms['negative_elbo']:.2f} nats (reconstruction "
+          f"{terms['reconstruction']:.2f}, KL {terms['kl']:.2f})")
     if args.json is not None:
         result.update(dataset=dataset, split=args.split, images=len(images),
-                      config=model.config,
-                      negative_elbo=terms["negative_elbo"],
+                      config=model.config, negative_elbo=terms["negative_elbo"],
                       epochs=len(payload["history"]))
         args.json.write_text(json.dumps(result, indent=1) + "\n")
     return 0
@@ -493,10 +543,7 @@ def main(argv=None) -> int:
         print(f"{parser.prog} {args.command}: error: {error}", file=sys.stderr)
         return 2
     except (DataNotFoundError, DataCorruptError, CheckpointError, FloatingPointError,
-            ResourceError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    except OSError as error:  # a disk that filled up, a folder that vanished
+            ResourceError, OSError) as error:  # OSError: a full disk, a lost folder
         print(f"error: {error}", file=sys.stderr)
         return 1
     except (MemoryError, RuntimeError) as error:
