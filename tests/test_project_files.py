@@ -107,9 +107,10 @@ def test_environment_python_matches_requires_python():
     assert pythons == [f"python={minimum}"]
 
 
-def test_dev_extra_equals_test_extra():
+def test_dev_extra_builds_on_the_test_extra_instead_of_copying_it():
     extras = pyproject()["project"]["optional-dependencies"]
-    assert sorted(extras["dev"]) == sorted(extras["test"])
+    assert "vae-course[test]" in extras["dev"]
+    assert not set(extras["dev"]) & set(extras["test"])
 
 
 def in_git_repository() -> bool:
@@ -174,10 +175,116 @@ def test_ci_script_is_executable_bash():
     assert "make test" in text
 
 
-def test_readme_quick_start_commands_exist_in_makefile():
+# --- README.md: what a newcomer reads first ---------------------------------------
+
+README_MAX_LINES = 250
+# Local files the README links to that a make target writes, not a person.
+WRITTEN_BY_MAKE = {"benchmarks/README.md": "make benchmark"}
+FENCE = re.compile(r"^```.*?^```", re.MULTILINE | re.DOTALL)
+LINK = re.compile(r"\]\(([^)\s]+)\)")
+
+
+def readme() -> str:
+    return (REPO / "README.md").read_text()
+
+
+def readme_sections() -> dict[str, str]:
+    """Each ``## `` heading of README.md and the text under it, to the next one."""
+    sections: dict[str, str] = {}
+    heading = None
+    in_fence = False
+    for line in readme().splitlines():
+        if line.startswith("```"):
+            in_fence = not in_fence
+        if not in_fence and line.startswith("## "):
+            heading = line[3:].strip()
+            sections[heading] = ""
+        elif heading is not None:
+            sections[heading] += line + "\n"
+    return sections
+
+
+def makefile_targets() -> set[str]:
     makefile = (REPO / "Makefile").read_text()
-    readme = (REPO / "README.md").read_text()
+    return set(re.findall(r"^([a-z][a-z-]*):", makefile, re.MULTILINE))
+
+
+def anchor(heading: str) -> str:
+    """The fragment GitHub gives a heading: "Reference results" -> reference-results."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def test_readme_stays_short():
+    lines = len(readme().splitlines())
+    assert lines <= README_MAX_LINES, (
+        f"README.md has {lines} lines: a newcomer reads it first, keep it at most "
+        f"{README_MAX_LINES}; measurements belong in benchmarks/README.md, details "
+        "in the lessons or CONTRIBUTING.md")
+
+
+def test_readme_quick_start_is_two_commands():
+    """The quick start's command block is `make lab` and `make test`, nothing else."""
+    quick_start = readme_sections()["Quick start"]
+    blocks = FENCE.findall(quick_start)
+    assert blocks, "Quick start has no command block"
+    commands = [line.split("#")[0].strip() for line in blocks[0].splitlines()[1:-1]]
+    assert [command for command in commands if command] == ["make lab", "make test"]
+    assert "VAE_COURSE_DATA" in quick_start, "Quick start: say how to use offline data"
+    assert ".venv" in quick_start, "Quick start: say where the first make installs"
+
+
+def test_readme_make_commands_exist_in_makefile():
+    targets = makefile_targets()
     for target in ("lab", "test", "course", "notebook", "install", "clean"):
-        assert re.search(rf"^{target}:", makefile, re.MULTILINE), f"no make {target}"
-    for command in ("make lab", "make test"):
-        assert command in readme
+        assert target in targets, f"no make {target}"
+    written = set(re.findall(r"`make ([a-z][a-z-]*)", readme()))
+    written |= set(re.findall(r"^make ([a-z][a-z-]*)", readme(), re.MULTILINE))
+    assert {"lab", "test"} <= written
+    assert not written - targets, f"README shows make {sorted(written - targets)}, " \
+        "which the Makefile does not have"
+
+
+def test_readme_lesson_table_lists_every_notebook_with_its_times():
+    """One row per notebook in notebooks/, linked, with a reading and a running time."""
+    rows = [line for line in readme_sections()["Lessons"].splitlines()
+            if line.startswith("| [")]
+    listed = {}
+    for row in rows:
+        cells = [cell.strip() for cell in re.split(r"(?<!\\)\|", row)[1:-1]]
+        target = re.search(r"\]\((notebooks/[^)]+\.ipynb)\)", cells[0])
+        assert target, f"lesson row without a link to its notebook: {row[:60]}"
+        listed[Path(target.group(1)).stem] = cells
+        assert re.fullmatch(r"\d+ min", cells[-2]), f"reading time: {cells[-2]!r}"
+        assert re.fullmatch(r"\d+(\.\d+)? (s|min)", cells[-1]), \
+            f"running time: {cells[-1]!r}"
+    notebooks = {path.stem for path in (REPO / "notebooks").glob("*.ipynb")}
+    assert sorted(listed) == sorted(notebooks), (
+        "README's lesson table and notebooks/ disagree: "
+        f"missing {sorted(notebooks - set(listed))}, "
+        f"extra {sorted(set(listed) - notebooks)}")
+
+
+def test_readme_speed_section_points_to_the_benchmark_report():
+    """Measurements live in benchmarks/README.md; the README only points there."""
+    speed = readme_sections()["Speed"]
+    assert "](benchmarks/README.md)" in speed
+    assert not re.search(r"^\|", speed, re.MULTILINE), "no result tables in the README"
+    prose = [line for line in speed.splitlines() if line.strip()]
+    assert len(prose) <= 4, "Speed: a pointer of a sentence or two, not a log of runs"
+
+
+def test_readme_links_resolve():
+    """Every ](#anchor) names a heading, every local link a file of the repository."""
+    text = FENCE.sub("", readme())
+    headings = {anchor(line.lstrip("#")) for line in text.splitlines()
+                if line.startswith("#")}
+    for target in LINK.findall(text):
+        if re.match(r"[a-z]+:", target):
+            continue  # https:, mailto:
+        if target.startswith("#"):
+            assert target[1:] in headings, f"README links to {target}, no such heading"
+            continue
+        path = target.split("#")[0]
+        if path in WRITTEN_BY_MAKE:
+            continue  # written by its make target (see WRITTEN_BY_MAKE)
+        assert (REPO / path).exists(), f"README links to {path}, which does not exist"

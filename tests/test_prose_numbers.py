@@ -272,8 +272,10 @@ def test_readme_cites_the_listed_years_and_links():
     """README.md: citation years as in the constants file, every listed work linked.
 
     The README's own numbers are not checked against outputs: its reference table is
-    written by ``make reference`` and its speed table by ``make benchmark``, whose
-    results no committed file holds.
+    written by ``make reference`` from the notes in ``checkpoints/reference/``
+    (tests/test_reference.py checks it against them), and its lessons' running times
+    were read from the cell timestamps of full runs. Measurements of speed are not in
+    the README at all: ``make benchmark`` writes them to ``benchmarks/README.md``.
     """
     readme = (REPO / "README.md").read_text()
     assert not citation_problems(readme, "README.md")

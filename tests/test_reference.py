@@ -135,3 +135,14 @@ def test_the_readme_table_is_the_one_the_committed_notes_give():
     readme = (reference.REPO / "README.md").read_text()
     inside = readme.split(reference.START, 1)[1].split(reference.END, 1)[0]
     assert inside.strip() == reference.table(rows, 5000).strip()
+
+
+def test_the_readme_has_one_pair_of_markers_under_reference_results():
+    """make reference rewrites what lies between the markers; the FAQ links there."""
+    readme = (reference.REPO / "README.md").read_text()
+    assert readme.count(reference.START) == 1 and readme.count(reference.END) == 1
+    head = readme.split(reference.START, 1)[0]
+    assert reference.END not in head, "the end marker comes before the start marker"
+    headings = [line for line in head.splitlines() if line.startswith("## ")]
+    assert headings and headings[-1] == "## Reference results", (
+        "the reference table must stay under the README's ## Reference results")
