@@ -100,6 +100,27 @@ def test_kl_written_for_log_sigma(capsys):
                       "treats log sigma^2 as log sigma")
 
 
+@pytest.mark.parametrize("sigma_of", [lambda log_var: (0.5 * log_var).exp(),
+                                      lambda log_var: log_var.exp().sqrt()],
+                         ids=["exp(log_var / 2)", "log_var.exp().sqrt()"])
+def test_kl_with_sigma_where_the_variance_belongs(sigma_of, capsys):
+    def kl_with_sigma(mu, log_var):
+        return 0.5 * (mu**2 + sigma_of(log_var) - 1 - log_var).sum(-1)
+
+    out = assert_fails_with(check.kl_standard_normal(kl_with_sigma), capsys,
+                            "sigma was used where sigma^2 belongs",
+                            "sigma^2 = exp(log sigma^2) = log_var.exp()")
+    assert "compare each term" not in out
+    assert "✓ is 0 when q(z|x) is the prior itself" in out  # sigma = sigma^2 = 1 there
+
+    def kl_all_in_sigma(mu, log_var):
+        sigma = sigma_of(log_var)
+        return 0.5 * (mu**2 + sigma - 1 - sigma.log()).sum(-1)
+
+    assert_fails_with(check.kl_standard_normal(kl_all_in_sigma), capsys,
+                      "sigma was used where sigma^2 belongs, in both terms")
+
+
 def test_kl_missing_the_half_and_the_minus_one(capsys):
     assert_fails_with(check.kl_standard_normal(lambda m, v: 2 * kl_right(m, v)),
                       capsys, "factor 1/2 is missing")
@@ -200,6 +221,24 @@ def test_reparameterize_leaves_the_global_random_state_alone():
     torch.manual_seed(123)
     check.reparameterize(reparameterize_right)
     assert torch.equal(torch.rand(3), expected)
+
+
+def test_reparameterize_that_reseeds_draws_the_same_noise_on_every_call(capsys):
+    def reseeded(mu, log_var):
+        torch.manual_seed(0)
+        eps = torch.randn_like(mu)
+        return mu + (0.5 * log_var).exp() * eps
+
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    out = assert_fails_with(check.reparameterize(reseeded), capsys,
+                            "✗ draws fresh noise on every call",
+                            "two calls with the same inputs gave identical draws",
+                            "every call must draw fresh noise")
+    assert "✓ draws fresh noise for every row" in out  # each row has its own eps
+    assert "1 of 6 checks failed" in out
+    assert torch.equal(torch.rand(3), expected)  # the learner's reseeding is undone
 
 
 # -------------------------------------------------------------------- log_prob
@@ -566,6 +605,18 @@ def test_log_likelihood_estimate_without_minus_log_k(capsys):
                             "-log K of the mean is missing", "log 1000 = 6.91",
                             "log 100 = 4.61")
     assert "prior" not in out
+
+
+def test_log_likelihood_estimate_that_averages_the_log_weights(capsys):
+    def elbo_instead(model, x, num_samples):
+        q = model.encode(x)
+        z = q.sample((num_samples,))
+        return log_weights_of(model, x, z, q).mean(0)  # a mean of logs: the ELBO
+
+    out = assert_fails_with(check.log_likelihood_estimate(elbo_instead), capsys,
+                            "That is the ELBO", "a looser bound", "below log p(x)",
+                            "torch.logsumexp(log_w, dim=0) - math.log(K)")
+    assert "Check each term" not in out
 
 
 def test_log_likelihood_estimate_drawing_from_the_prior(capsys):
