@@ -1,15 +1,15 @@
 """Save a model with what it takes to rebuild it; load it without running pickles.
 
-A checkpoint is a dictionary of tensors, numbers, strings and lists, written by
-``torch.save`` and read back with ``torch.load(weights_only=True)``, which refuses
-any pickled object instead of executing it.
+A checkpoint is a dict of tensors, numbers, strings and lists, read back with
+``torch.load(weights_only=True)``, which refuses any pickled object instead of
+running it.
 """
 
 from __future__ import annotations
 
 import os
 import pickle
-import tempfile
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -26,28 +26,24 @@ class CheckpointError(RuntimeError):
     """A checkpoint that cannot be used: missing, damaged, unsafe or mismatched."""
 
 
-# What torch.load(weights_only=True) reads back, besides tensors and containers;
-# bool before int, since a bool is an int.
-_PLAIN = (str, bool, int, float, type(None))
+# What torch.load(weights_only=True) reads back, besides None, tensors and
+# containers; bool before int, since a bool is an int.
+_PLAIN = (str, bool, int, float)
 # Each entry of a checkpoint and what it must be.
 _ENTRIES = {"config": dict, "state_dict": dict, "optimizer": (dict, type(None)),
             "history": list, "extra": dict}
 
 
 def _plain(value, where: str):
-    """``value`` in the types a safe load accepts; numpy scalars become numbers.
-
-    Paths become strings and numpy arrays tensors; anything else that a safe load
-    would refuse is refused now, naming where it sits, so that no checkpoint is
-    written that :func:`load_checkpoint` cannot read.
-    """
+    """``value`` in the types a safe load accepts, or a TypeError naming ``where``:
+    no checkpoint is written that :func:`load_checkpoint` cannot read."""
     if isinstance(value, torch.Tensor):
         return value.detach().cpu()
     if isinstance(value, np.generic):  # before float: np.float64 is a float too
         return value.item()
-    if type(value) in _PLAIN:
-        return value
-    for kind in _PLAIN[:-1]:  # subclasses (enums, np.float64) as the plain type
+    if value is None:
+        return None
+    for kind in _PLAIN:  # subclasses (enums, ...) become the plain type itself
         if isinstance(value, kind):
             return kind(value)
     if isinstance(value, np.ndarray):
@@ -68,9 +64,7 @@ def _plain(value, where: str):
 
 
 def _history_problem(rows) -> str | None:
-    """What is wrong with a history's rows, or None: rows of numbers, epochs 1..n."""
-    if not isinstance(rows, list):
-        return f"it must be a list of rows, not a {type(rows).__name__}"
+    """What is wrong with a list of history rows, or None: numbers, epochs 1..n."""
     for number, row in enumerate(rows, start=1):
         if not isinstance(row, dict):
             return f"row {number} is a {type(row).__name__}, not a dict"
@@ -95,52 +89,38 @@ def _non_finite(state_dict: dict) -> str | None:
 
 def save_checkpoint(path, model: VAE, optimizer: torch.optim.Optimizer | None = None,
                     history: History | None = None, **extra) -> Path:
-    """Write atomically: a temporary file in the same folder, then a rename.
+    """Write ``path`` atomically: a temporary file in its folder, then a rename.
 
-    ``extra`` (and the history) may hold tensors, numbers, strings, lists, tuples
-    and dicts; numpy scalars are stored as Python numbers and paths as strings.
-    Anything else is refused with a ``TypeError`` before a file is written.
-    """
+    ``extra`` may hold tensors, numbers, strings, lists, tuples and dicts; numpy
+    scalars become numbers and paths strings."""
     path = Path(path)
     if history is not None and not isinstance(history, History):
         raise TypeError(f"history must be a History; got {type(history).__name__}")
     rows = _plain(list(history.rows) if history is not None else [], "history")
-    problem = _history_problem(rows)
-    if problem:
+    if problem := _history_problem(rows):
         raise ValueError(f"history cannot be saved: {problem}")
     state_dict = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    problem = _non_finite(state_dict)
-    if problem:
+    if problem := _non_finite(state_dict):
         raise ValueError(f"the model cannot be saved: {problem}")
-    payload = {
-        "format": FORMAT,
-        "config": _plain(dict(model.config), "config"),
-        "state_dict": state_dict,
-        "optimizer": optimizer.state_dict() if optimizer is not None else None,
-        "history": rows,
-        "extra": _plain(extra, "extra"),
-    }
+    payload = {"format": FORMAT, "config": _plain(dict(model.config), "config"),
+               "state_dict": state_dict,
+               "optimizer": optimizer.state_dict() if optimizer is not None else None,
+               "history": rows, "extra": _plain(extra, "extra")}
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=path.name,
-                                         suffix=".tmp")
+    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     try:
-        with os.fdopen(handle, "wb") as file:
+        with open(temporary, "xb") as file:  # a new file, with the usual permissions
             torch.save(payload, file)
-        # mkstemp makes the file private (0600); give it the usual permissions.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(temporary, 0o666 & ~umask)
         os.replace(temporary, path)
     except BaseException:
-        Path(temporary).unlink(missing_ok=True)
+        temporary.unlink(missing_ok=True)
         raise
     return path
 
 
 def _read(path: Path) -> tuple[dict, VAE]:
-    """The payload at ``path``, every entry checked, and the model its config
-    describes (build_vae's defaults filled in) on the meta device, which allocates
-    nothing, checked against the saved weights."""
+    """The payload at ``path``, every entry checked, and the model its config builds
+    on the meta device (which allocates nothing), checked against the weights."""
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {path}")
     try:
@@ -160,12 +140,10 @@ def _read(path: Path) -> tuple[dict, VAE]:
         if not isinstance(tensor, torch.Tensor):
             raise CheckpointError(f"{path} has a malformed state_dict: {name!r} is "
                                   f"a {type(tensor).__name__}, not a tensor")
-    problem = _non_finite(payload["state_dict"])
-    if problem:
+    if problem := _non_finite(payload["state_dict"]):
         raise CheckpointError(f"{path} is not usable: {problem} (saved from a "
                               "model whose training diverged?)")
-    problem = _history_problem(payload["history"])
-    if problem:
+    if problem := _history_problem(payload["history"]):
         raise CheckpointError(f"{path} has a malformed history: {problem}")
     try:
         with torch.device("meta"):
@@ -173,10 +151,19 @@ def _read(path: Path) -> tuple[dict, VAE]:
     except (TypeError, ValueError) as error:
         raise CheckpointError(
             f"{path} describes a model that cannot be built: {error}") from None
-    problem = _shape_problem(skeleton.state_dict(), payload["state_dict"])
-    if problem:
-        raise CheckpointError(
-            f"{path} does not match the architecture it describes: {problem}")
+    expected, found = skeleton.state_dict(), payload["state_dict"]
+    if expected.keys() != found.keys():
+        missing = [name for name in expected if name not in found]
+        unexpected = [name for name in found if name not in expected]
+        raise CheckpointError(f"{path} does not match the architecture it describes: "
+                              f"the file lacks {missing} and has {unexpected} beyond "
+                              "what the config needs")
+    for name, tensor in expected.items():
+        if found[name].shape != tensor.shape:
+            raise CheckpointError(f"{path} does not match the architecture it "
+                                  f"describes: {name} has shape "
+                                  f"{tuple(found[name].shape)} in the file, but the "
+                                  f"config needs {tuple(tensor.shape)}")
     return payload, skeleton
 
 
@@ -198,26 +185,9 @@ def _unreadable(path: Path, error: Exception) -> str:
     return f"{path} is a damaged checkpoint (truncated?): {reason}"
 
 
-def _shape_problem(expected: dict, found: dict) -> str | None:
-    """How the saved tensors differ from the ones a model needs, or None."""
-    missing = [name for name in expected if name not in found]
-    unexpected = [name for name in found if name not in expected]
-    if missing or unexpected:
-        return (f"the file lacks {missing} and has {unexpected} beyond what the "
-                "config needs")
-    for name, tensor in expected.items():
-        if tuple(found[name].shape) != tuple(tensor.shape):
-            return (f"{name} has shape {tuple(found[name].shape)} in the file, but "
-                    f"the config needs {tuple(tensor.shape)}")
-    return None
-
-
 def load_checkpoint(path, device=None):
-    """Rebuild the model saved at ``path``; returns ``(model, payload)``.
-
-    ``payload["history"]`` is the saved :class:`History`; to resume training, build
-    an optimizer for the model and call :func:`restore_optimizer`.
-    """
+    """Rebuild the model saved at ``path``; returns ``(model, payload)``, with the
+    saved :class:`History` in ``payload["history"]``."""
     payload, _ = _read(Path(path))
     model = build_vae(**payload["config"])
     model.load_state_dict(payload["state_dict"])
@@ -233,9 +203,8 @@ def restore_optimizer(optimizer: torch.optim.Optimizer, payload: dict):
     try:
         optimizer.load_state_dict(payload["optimizer"])
     except (ValueError, KeyError, TypeError, IndexError, RuntimeError) as error:
-        raise CheckpointError(
-            f"the optimizer state in this checkpoint does not fit the model: {error}"
-        ) from None
+        raise CheckpointError("the optimizer state in this checkpoint does not fit "
+                              f"the model: {error}") from None
     return optimizer
 
 
@@ -250,14 +219,12 @@ def load_weights_into(model: VAE, path) -> VAE:
 
 
 def course_checkpoint(name: str) -> Path:
-    """The committed course model ``checkpoints/NAME.pt``, read only.
+    """The committed course model ``checkpoints/NAME.pt``, only ever read.
 
-    Looked for in the working directory and then in each folder above it, as git
-    looks for ``.git``, so that a lesson finds it from ``notebooks/``; where none
-    has it, the path under the working directory (absent). Under the smoke switch
-    it is :func:`trained_checkpoint`'s path instead, so that the tiny models the
-    lessons then train never stand in for, or replace, the committed ones.
-    """
+    Looked for in the working directory and each folder above it, so that lessons find
+    it from ``notebooks/``; if none has it, the (absent) path in the working directory.
+    Under the smoke switch it is :func:`trained_checkpoint`'s path, so that the tiny
+    smoke models never stand in for the committed ones."""
     if smoke_test():
         return trained_checkpoint(name)
     here = Path.cwd()
@@ -266,14 +233,10 @@ def course_checkpoint(name: str) -> Path:
 
 
 def trained_checkpoint(name: str) -> Path:
-    """Where a lesson saves a model it trains itself: ``runs/NAME.pt``.
+    """Where a lesson saves a model it trains: ``runs/NAME.pt``, never a committed file.
 
-    ``runs/`` lies in the working directory, or where ``VAE_COURSE_RUNS`` says
-    (``make lab`` and ``make test`` point it at the repository's ``runs/``, which
-    git ignores; ``make course`` into ``build/``): running a lesson never rewrites
-    a committed file. The smoke switch uses its ``smoke/`` subfolder, which
-    ``make test`` empties first.
-    """
+    ``runs/`` is in the working directory unless ``$VAE_COURSE_RUNS`` names another;
+    the smoke switch uses its ``smoke/`` subfolder."""
     folder = Path.cwd() / (os.environ.get("VAE_COURSE_RUNS") or "runs")
     if smoke_test():
         folder = folder / "smoke"
@@ -283,12 +246,8 @@ def trained_checkpoint(name: str) -> Path:
 def load_or_train(name: str, train, device=None):
     """Load the course model ``name``, or call ``train()`` and save what it returns.
 
-    ``train`` takes no arguments and returns ``(model, history)``. The result is
-    ``(model, payload)`` as from :func:`load_checkpoint`. The model the learner
-    trained (:func:`trained_checkpoint`, say by running lesson 04) comes first, then
-    the committed one (:func:`course_checkpoint`), which is only read; a model
-    trained here is saved at the first path, never over a committed file.
-    """
+    ``train()`` returns ``(model, history)``; the result is ``(model, payload)``. The
+    learner's own model (:func:`trained_checkpoint`) comes before the committed one."""
     trained = trained_checkpoint(name)
     for path in (trained, course_checkpoint(name)):
         if path.exists():

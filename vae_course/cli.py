@@ -3,14 +3,14 @@
     python -m vae_course train --epochs 16 --output runs/default
     python -m vae_course evaluate runs/default/best.pt --k 5000
 
-``train`` learns from the 50,000 training images and reports the 10,000 validation
-images every epoch; it keeps the epoch with the best validation -ELBO in ``best.pt``
-beside the last one. ``evaluate`` gives the test set's numbers.
+``train`` learns from the 50,000 training images and keeps the epoch with the best
+validation -ELBO in ``best.pt``; ``evaluate`` gives the test set's numbers.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import difflib
 import inspect
@@ -34,18 +34,18 @@ from .checkpoints import (
 from .data import DATASETS, DataCorruptError, DataNotFoundError, load_mnist
 from .distributions import LIKELIHOODS
 from .evaluate import evaluate_elbo, importance_weighted_log_likelihood
+from .inputs import check_choice, check_number
 from .models import ARCHITECTURES, CONV_CHANNELS, build_vae, is_conditional
 from .runtime import default_device, seed_everything, set_threads
-from .train import check_number, check_objective, fit
+from .train import check_objective, fit
 
 CHECKPOINT = "checkpoint.pt"
-# The epoch with the lowest validation -ELBO so far: the model a run chose.
-BEST = "best.pt"
+BEST = "best.pt"  # the epoch with the lowest validation -ELBO so far
 # Every file a run writes in its folder, and only those: --overwrite removes them.
 RUN_FILES = re.compile(r"(checkpoint|best)\.pt|metrics\.(csv|json)"
                        r"|(reconstruction|sample)_\d{3,}\.png")
-# What a training run is made of: saved in its checkpoint, and on --resume taken
-# from there (the model's config holds the first, the settings the second).
+# A run's settings, which --resume takes from its checkpoint: the model's config
+# holds the first, the checkpoint's saved settings the second.
 MODEL_SETTINGS = ("architecture", "latent_dim", "hidden_sizes", "likelihood",
                   "channels")
 RUN_SETTINGS = ("dataset", "batch_size", "lr", "beta", "warmup_epochs", "seed",
@@ -57,6 +57,7 @@ DEFAULTS = {"epochs": 16, "dataset": "mnist", **{
     for function, names in ((build_vae, MODEL_SETTINGS), (fit, RUN_SETTINGS[1:]))
     for name in names}}
 SEED_LIMIT = 2**32  # numpy's seeds lie below it
+OUT_OF_MEMORY = ("not enough memory", "can't allocate memory", "out of memory")
 
 
 class UsageError(Exception):
@@ -113,28 +114,25 @@ def _number(kind, allow_zero: bool = False):
 
 
 def _device(text):
+    """An argparse type: ``auto``, or a device of this machine that can train."""
     if text == "auto":
         return default_device()
     try:
         device = torch.device(text)
     except RuntimeError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a device (auto, cpu, cuda)") \
-            from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise argparse.ArgumentTypeError(
-                "CUDA was asked for but no GPU is available")
-        count = torch.cuda.device_count()
-        if device.index is not None and device.index >= count:
-            raise argparse.ArgumentTypeError(
-                f"{text!r}: this machine has {count} GPU(s), numbered from 0")
-    elif device.type == "mps":
-        if not torch.backends.mps.is_available():
-            raise argparse.ArgumentTypeError("MPS was asked for but is not available")
-    elif device.type != "cpu":
-        raise argparse.ArgumentTypeError(
-            f"{text!r} cannot train or evaluate a model; choose auto, cpu or cuda")
-    return device
+        device = None
+    if device is None or device.type not in ("cpu", "cuda", "mps"):
+        problem = f"{text!r} is not a device that can train; choose auto, cpu or cuda"
+    elif device.type == "cuda" and not torch.cuda.is_available():
+        problem = "CUDA was asked for but no GPU is available; choose cpu"
+    elif device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        problem = (f"{text!r}: this machine has {torch.cuda.device_count()} GPU(s), "
+                   "numbered from 0")
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        problem = "MPS was asked for but is not available; choose cpu"
+    else:
+        return device
+    raise argparse.ArgumentTypeError(problem)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -146,6 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="train a model, writing pictures, "
                                 "metrics and a checkpoint each epoch; the epoch with "
                                 "the best validation -ELBO is kept in best.pt")
+
     def setting(flag, help, **options):  # its default is given when the run is new
         default = DEFAULTS[flag[2:].replace("-", "_")]
         train.add_argument(flag, default=None, **options,
@@ -158,10 +157,9 @@ def build_parser() -> argparse.ArgumentParser:
             "mirrors them", type=_number(int), nargs="+", metavar="N")
     setting("--architecture", "multilayer perceptron or convolutional",
             choices=ARCHITECTURES)
-    train.add_argument("--channels", type=_number(int), default=None,
-                       help="width of the conv architecture: channels of its first "
-                            "convolution, the second has twice as many (default: "
-                            f"{CONV_CHANNELS})")
+    train.add_argument("--channels", type=_number(int), default=None, help="width of "
+                       "the conv architecture: channels of its first convolution, the "
+                       f"second has twice as many (default: {CONV_CHANNELS})")
     setting("--likelihood", "pixel model; bernoulli binarizes the images afresh "
             "every batch, the other two take the grey levels", choices=LIKELIHOODS)
     setting("--lr", "Adam learning rate", type=_number(float))
@@ -184,9 +182,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="replace a run already saved in --output (its "
                              "pictures, metrics and checkpoints are removed)")
     train.add_argument("--eval-k", type=_number(int, allow_zero=True), default=0,
-                       metavar="K",
-                       help="after training, also estimate the validation "
-                            "log p(x) with K importance samples (default: 0, skip)")
+                       metavar="K", help="after training, also estimate the validation "
+                       "log p(x) with K importance samples (default: 0, skip)")
     train.add_argument("--compile", action="store_true",
                        help="train through torch.compile: faster steps once the "
                             "first ones have waited for the compiler (tens of "
@@ -211,9 +208,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_common(parser, seed_default=DEFAULTS["seed"]):
     parser.add_argument("--seed", type=_number(int, allow_zero=True),
-                        default=seed_default,
-                        help="random seed, 0 to 2**32 - 1 (default: "
-                             f"{DEFAULTS['seed']})")
+                        default=seed_default, help="random seed, 0 to 2**32 - 1 "
+                        f"(default: {DEFAULTS['seed']})")
     parser.add_argument("--device", type=_device, default="auto",
                         help="auto, cpu, cuda or cuda:N (default: auto)")
     parser.add_argument("--data-root", type=_path, default=None,
@@ -223,24 +219,6 @@ def _add_common(parser, seed_default=DEFAULTS["seed"]):
     parser.add_argument("--threads", type=_number(int), default=None,
                         help="CPU threads for PyTorch (default: $VAE_COURSE_THREADS, "
                              "else the cores not busy with other work)")
-
-
-def _write_metrics(folder: Path, history) -> None:
-    with open(folder / "metrics.csv", "w", newline="") as file:
-        writer = csv.DictWriter(file, fieldnames=list(history.rows[0]))
-        writer.writeheader()
-        writer.writerows(history.rows)
-    (folder / "metrics.json").write_text(json.dumps(history.rows, indent=1) + "\n")
-
-
-def _save_pictures(folder: Path, model, images, epoch: int, seed: int) -> None:
-    from torchvision.utils import save_image  # here: its import takes seconds
-
-    originals = images[:8].to(model.device)
-    pairs = torch.cat([originals, model.reconstruct(originals)]).reshape(-1, 1, 28, 28)
-    save_image(pairs.cpu(), folder / f"reconstruction_{epoch:03d}.png", nrow=8)
-    samples = model.sample(64, generator=torch.Generator().manual_seed(seed))
-    save_image(samples.reshape(-1, 1, 28, 28).cpu(), folder / f"sample_{epoch:03d}.png")
 
 
 def _flag(name: str) -> str:
@@ -255,10 +233,20 @@ def _plural(count: int, noun: str) -> str:
     return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
-def _check_output_folder(folder: Path) -> None:
-    """Refuse an --output that cannot become a folder we can write in, before any
-    data is read or any epoch is trained; nothing is created."""
-    probe = folder
+def _check_output(folder: Path, args) -> list[Path]:
+    """Check --output before any work, creating nothing; returns the files of an
+    earlier run there, which a new run replaces (none on --resume)."""
+    checkpoint = folder / CHECKPOINT
+    if args.resume and not checkpoint.exists():
+        raise UsageError(f"--resume given but there is no {checkpoint}")
+    found = [] if args.resume else sorted(
+        path for path in folder.glob("*") if RUN_FILES.fullmatch(path.name))
+    if found and not args.overwrite:
+        names = ", ".join(path.name for path in found[:3]) + ", ..." * (len(found) > 3)
+        raise UsageError(f"--output {folder} already holds a run ({names}); pass "
+                         "--resume to continue it, --overwrite to replace it, or "
+                         "choose another --output")
+    probe = folder  # the folder, or the nearest one above it that exists
     while not probe.exists() and probe != probe.parent:
         probe = probe.parent
     if not probe.is_dir():
@@ -269,6 +257,7 @@ def _check_output_folder(folder: Path) -> None:
     except OSError as error:
         raise UsageError(f"--output {folder}: cannot write in {probe} "
                          f"({error.strerror or error})") from None
+    return found
 
 
 def _check_output_file(path: Path, flag: str) -> None:
@@ -291,47 +280,29 @@ def _check_output_file(path: Path, flag: str) -> None:
 def _saved_settings(path: Path, payload: dict) -> dict:
     """The training settings a checkpoint was saved with, each checked."""
     settings = payload["extra"].get("settings")
-    if not isinstance(settings, dict):
-        raise CheckpointError(f"{path} holds no training settings (it was not "
-                              "written by `python -m vae_course train`), so it "
-                              "cannot be resumed")
-    # Runs saved before --iwae-samples existed trained on the ELBO.
-    settings = {"iwae_samples": 1, **settings}
-    missing = [name for name in RUN_SETTINGS if name not in settings]
-    if missing:
-        raise CheckpointError(f"{path} lacks the training settings {missing}, so "
-                              "it cannot be resumed")
-    if settings["dataset"] not in DATASETS:
-        raise CheckpointError(f"{path} names an unknown dataset "
-                              f"{settings['dataset']!r}")
-    checked = {"dataset": settings["dataset"]}
     try:
-        for name, integer, allow_zero in [("batch_size", True, False),
-                                          ("lr", False, False),
-                                          ("beta", False, True),
-                                          ("warmup_epochs", False, True),
-                                          ("seed", True, True),
-                                          ("iwae_samples", True, False)]:
+        if not isinstance(settings, dict):
+            raise ValueError("it holds no training settings (it was not written by "
+                             "`python -m vae_course train`)")
+        settings = {"iwae_samples": 1, **settings}  # runs from before --iwae-samples
+        missing = [name for name in RUN_SETTINGS if name not in settings]
+        if missing:
+            raise ValueError(f"it lacks the training settings {missing}")
+        check_choice("dataset", settings["dataset"], DATASETS)
+        checked = {"dataset": settings["dataset"]}
+        for name, integer, allow_zero in [
+                ("batch_size", True, False), ("lr", False, False), ("beta", False, True),
+                ("warmup_epochs", False, True), ("seed", True, True),
+                ("iwae_samples", True, False)]:
             checked[name] = check_number(f"its setting {name}", settings[name],
                                          integer=integer, allow_zero=allow_zero)
         check_objective(checked["beta"], checked["warmup_epochs"],
                         checked["iwae_samples"])
+        if checked["seed"] >= SEED_LIMIT:
+            raise ValueError("its seed is not below 2**32")
     except (TypeError, ValueError) as error:
         raise CheckpointError(f"{path} cannot be resumed: {error}") from None
-    if checked["seed"] >= SEED_LIMIT:
-        raise CheckpointError(f"{path} cannot be resumed: its seed is not below 2**32")
     return checked
-
-
-def _refuse_conflicts(explicit: dict, saved: dict) -> None:
-    """An explicit flag on --resume must agree with the saved run."""
-    for name, value in explicit.items():
-        if name in saved and value != saved[name]:
-            raise UsageError(
-                f"{_flag(name)} {_shown(value)} conflicts with the saved run's "
-                f"{_shown(saved[name])}: --resume continues with the saved settings "
-                "(leave the flag out, or start a new run with --overwrite or "
-                "another --output)")
 
 
 def _refuse_channels(explicit: dict, architecture: str, whose: str) -> None:
@@ -341,24 +312,17 @@ def _refuse_channels(explicit: dict, architecture: str, whose: str) -> None:
                          "--hidden-sizes")
 
 
-def _memory_bytes(device: torch.device) -> int | None:
-    """The memory of ``device`` in bytes, where it can be known."""
-    if device.type == "cuda":
-        return torch.cuda.mem_get_info(device)[1]
-    if device.type == "cpu":
-        try:
-            return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-        except (AttributeError, ValueError, OSError):
-            return None
-    return None
-
-
 def _build_model(config: dict, device: torch.device):
     """The model of ``config`` on ``device``, refused first if it cannot fit."""
     with torch.device("meta"):  # shapes only: allocates nothing
         skeleton = build_vae(**config)
     needed = sum(p.numel() * p.element_size() for p in skeleton.parameters())
-    available = _memory_bytes(device)
+    available = None
+    if device.type == "cuda":
+        available = torch.cuda.mem_get_info(device)[1]
+    elif device.type == "cpu":
+        with contextlib.suppress(AttributeError, ValueError, OSError):
+            available = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     # Training holds the weights, their gradients and Adam's two moments.
     if available is not None and 4 * needed > available:
         raise ResourceError(
@@ -368,35 +332,23 @@ def _build_model(config: dict, device: torch.device):
     return build_vae(**config).to(device)
 
 
-def _old_run(folder: Path, args) -> list[Path]:
-    """The files of an earlier run in ``folder``, which a new run replaces: refused
-    unless --overwrite; none on --resume, which continues them."""
-    checkpoint = folder / CHECKPOINT
-    if args.resume:
-        if not checkpoint.exists():
-            raise UsageError(f"--resume given but there is no {checkpoint}")
-        return []
-    found = sorted(path for path in folder.glob("*") if RUN_FILES.fullmatch(path.name))
-    if found and not args.overwrite:
-        names = ", ".join(path.name for path in found[:3]) + ", ..." * (len(found) > 3)
-        raise UsageError(f"--output {folder} already holds a run ({names}); pass "
-                         "--resume to continue it, --overwrite to replace it, or "
-                         "choose another --output")
-    return found
-
-
 def run_train(args) -> int:
     explicit = {name: getattr(args, name) for name in DEFAULTS
                 if getattr(args, name) is not None and name != "epochs"}
     num_epochs = args.epochs if args.epochs is not None else DEFAULTS["epochs"]
     folder, checkpoint = args.output, args.output / CHECKPOINT
-    old_files = _old_run(folder, args)
-    _check_output_folder(folder)
+    old_files = _check_output(folder, args)
     if args.resume:
         model, payload = load_checkpoint(checkpoint, args.device)
         settings = _saved_settings(checkpoint, payload)
         _refuse_channels(explicit, model.config["architecture"], "the saved run's")
-        _refuse_conflicts(explicit, {**settings, **model.config})
+        saved = {**settings, **model.config}
+        for name, value in explicit.items():  # a flag must agree with the saved run
+            if name in saved and value != saved[name]:
+                raise UsageError(f"{_flag(name)} {_shown(value)} conflicts with the "
+                                 f"saved run's {_shown(saved[name])}: --resume keeps "
+                                 "the saved settings (leave the flag out, or start a "
+                                 "new run with --overwrite or another --output)")
         history = payload["history"]
         if num_epochs <= len(history):
             raise UsageError(f"the saved run already has "
@@ -428,14 +380,17 @@ def run_train(args) -> int:
         path.unlink()
 
     def after_epoch(model, optimizer, history):
-        epoch = len(history)
         # Creates the folder on the first epoch: a run that fails sooner leaves none.
         save_checkpoint(checkpoint, model, optimizer, history, settings=settings)
         losses = history.column("validation_loss")
         if losses[-1] <= min(losses):
             save_checkpoint(folder / BEST, model, optimizer, history, settings=settings)
-        _write_metrics(folder, history)
-        _save_pictures(folder, model, validation_images, epoch, settings["seed"])
+        with open(folder / "metrics.csv", "w", newline="") as file:
+            writer = csv.DictWriter(file, fieldnames=list(history.rows[0]))
+            writer.writeheader()
+            writer.writerows(history.rows)
+        (folder / "metrics.json").write_text(json.dumps(history.rows, indent=1) + "\n")
+        _save_pictures(folder, model, validation_images, len(history), settings["seed"])
 
     started = time.perf_counter()
     try:
@@ -451,14 +406,13 @@ def run_train(args) -> int:
         if checkpoint.exists():
             message += f"; {checkpoint} keeps the last good epoch"
         raise FloatingPointError(message) from None
-    last = history.rows[-1]
     print(f"trained {_plural(num_epochs - done, 'epoch')} in "
           f"{time.perf_counter() - started:.1f} s; files in {folder}")
     if args.eval_k:
-        result = _log_likelihood(model, validation_images, args.eval_k,
-                                 settings["seed"], not args.no_progress)
-        print(f"validation log p(x): {_log_p_text(result)}")
-    losses = history.column("validation_loss")
+        _, text = _log_likelihood(model, validation_images, args.eval_k,
+                                  settings["seed"], not args.no_progress)
+        print(f"validation log p(x): {text}")
+    last, losses = history.rows[-1], history.column("validation_loss")
     best = losses.index(min(losses))
     print(f"validation -ELBO: {last['validation_loss']:.2f} nats (epoch "
           f"{last['epoch']}); best {losses[best]:.2f} at epoch {best + 1}, kept in "
@@ -466,21 +420,29 @@ def run_train(args) -> int:
     return 0
 
 
-def _log_likelihood(model, images, k, seed, progress, labels=None) -> dict:
-    """The importance-sampled log p(x) (log p(x|y) given labels), as --json has it."""
+def _save_pictures(folder: Path, model, images, epoch: int, seed: int) -> None:
+    from torchvision.utils import save_image  # here: its import takes seconds
+
+    originals = images[:8].to(model.device)
+    pairs = torch.cat([originals, model.reconstruct(originals)]).reshape(-1, 1, 28, 28)
+    save_image(pairs.cpu(), folder / f"reconstruction_{epoch:03d}.png", nrow=8)
+    samples = model.sample(64, generator=torch.Generator().manual_seed(seed))
+    save_image(samples.reshape(-1, 1, 28, 28).cpu(), folder / f"sample_{epoch:03d}.png")
+
+
+def _log_likelihood(model, images, k, seed, progress, labels=None):
+    """The importance-sampled log p(x) (log p(x|y) given labels) as --json has it,
+    and as a line of text."""
     started = time.perf_counter()
     log_p = importance_weighted_log_likelihood(model, images, num_samples=k, seed=seed,
                                                progress=progress, labels=labels)
     spread = log_p.std().item() if len(log_p) > 1 else 0.0
-    return {"log_likelihood": log_p.mean().item(),
-            "standard_error": spread / math.sqrt(len(log_p)), "k": k,
-            "seconds": time.perf_counter() - started}
-
-
-def _log_p_text(result: dict) -> str:
-    return (f"{result['log_likelihood']:.2f} nats, standard error "
-            f"{result['standard_error']:.2f} (K={result['k']} importance samples, "
-            f"{result['seconds']:.0f} s)")
+    result = {"log_likelihood": log_p.mean().item(),
+              "standard_error": spread / math.sqrt(len(log_p)), "k": k,
+              "seconds": time.perf_counter() - started}
+    return result, (f"{result['log_likelihood']:.2f} nats, standard error "
+                    f"{result['standard_error']:.2f} (K={k} importance samples, "
+                    f"{result['seconds']:.0f} s)")
 
 
 def run_evaluate(args) -> int:
@@ -489,16 +451,15 @@ def run_evaluate(args) -> int:
     path = args.checkpoint / BEST if args.checkpoint.is_dir() else args.checkpoint
     model, payload = load_checkpoint(path, args.device)
     settings = payload["extra"].get("settings")
-    dataset = settings.get("dataset", "mnist") if isinstance(settings, dict) \
-        else "mnist"
+    dataset = (settings if isinstance(settings, dict) else {}).get("dataset", "mnist")
     if dataset not in DATASETS:
         raise CheckpointError(f"{path} names an unknown dataset {dataset!r}")
     images, labels = load_mnist(args.split, dataset, args.data_root)
     if args.limit is not None:
         images, labels = images[:args.limit], labels[:args.limit]
-    labels = labels if is_conditional(model) else None  # given y, for p(x|y)
+    # A conditional VAE is scored given the true labels: log p(x|y).
+    labels = labels if is_conditional(model) else None
     terms = evaluate_elbo(model, images, seed=args.seed, labels=labels)
-    # A conditional VAE's estimate is of log p(x|y), given the true labels.
     log_p, elbo = (f"{args.split} log p(x{'' if labels is None else '|y'})",
                    f"{args.split} -ELBO")
     width = max(map(len, [*model.config, log_p, elbo]))
@@ -506,9 +467,9 @@ def run_evaluate(args) -> int:
           f"{path}:")
     for name, value in model.config.items():
         print(f"  {name:<{width}}  {_shown(value)}")
-    result = _log_likelihood(model, images, args.k, args.seed, not args.no_progress,
-                             labels)
-    print(f"  {log_p:<{width}}  {_log_p_text(result)}")
+    result, text = _log_likelihood(model, images, args.k, args.seed,
+                                   not args.no_progress, labels)
+    print(f"  {log_p:<{width}}  {text}")
     print(f"  {elbo:<{width}}  {terms['negative_elbo']:.2f} nats (reconstruction "
           f"{terms['reconstruction']:.2f}, KL {terms['kl']:.2f})")
     if args.json is not None:
@@ -517,16 +478,6 @@ def run_evaluate(args) -> int:
                       epochs=len(payload["history"]))
         args.json.write_text(json.dumps(result, indent=1) + "\n")
     return 0
-
-
-def _out_of_memory(error: BaseException) -> bool:
-    """Whether ``error`` is an allocator refusing memory (CPU or GPU)."""
-    if isinstance(error, MemoryError | torch.OutOfMemoryError):
-        return True
-    text = str(error).lower()
-    return isinstance(error, RuntimeError) and any(
-        phrase in text for phrase in ("not enough memory", "can't allocate memory",
-                                      "out of memory"))
 
 
 def main(argv=None) -> int:
@@ -546,12 +497,13 @@ def main(argv=None) -> int:
             ResourceError, OSError) as error:  # OSError: a full disk, a lost folder
         print(f"error: {error}", file=sys.stderr)
         return 1
-    except (MemoryError, RuntimeError) as error:
-        if not _out_of_memory(error):
+    except (MemoryError, RuntimeError) as error:  # only the allocator's refusals
+        text = str(error).strip()
+        if not (isinstance(error, MemoryError | torch.OutOfMemoryError)
+                or any(phrase in text.lower() for phrase in OUT_OF_MEMORY)):
             raise
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
-        print(f"error: out of memory ({first_line}); try a smaller --batch-size or "
-              "a smaller model", file=sys.stderr)
+        print(f"error: out of memory ({(text.splitlines() or [''])[0]}); try a "
+              "smaller --batch-size or a smaller model", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"{parser.prog} {args.command}: interrupted", file=sys.stderr)
