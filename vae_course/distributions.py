@@ -110,10 +110,10 @@ def _log_sigmoid_difference(upper: torch.Tensor, lower: torch.Tensor) -> torch.T
 class DiscretizedLogistic(Distribution):
     r"""A logistic distribution rounded to the 256 grey levels :math:`k / 255`.
 
-    Level :math:`k` gets the logistic's mass over its bin, :math:`[k - 	frac12,
-    k + 	frac12] / 255`; the two edge levels also take the tails, so that
-    :math:`P(0) = \sigma((	frac{1}{510} - \mu) / s)` and :math:`P(255) = 1 -
-    \sigma((1 - 	frac{1}{510} - \mu) / s)`, and the 256 masses sum to one
+    Level :math:`k` gets the logistic's mass over its bin, :math:`[k - \tfrac12,
+    k + \tfrac12] / 255`; the two edge levels also take the tails, so that
+    :math:`P(0) = \sigma((\tfrac{1}{510} - \mu) / s)` and :math:`P(255) = 1 -
+    \sigma((1 - \tfrac{1}{510} - \mu) / s)`, and the 256 masses sum to one
     (Salimans et al. 2017, PixelCNN++). ``loc`` (:math:`\mu`) and ``scale`` (:math:`s`)
     are in pixel units, where black is 0 and white 1. ``log_prob`` is a
     log-probability, at most 0, computed with log-sigmoid and softplus forms that
