@@ -1,22 +1,16 @@
 r"""Numbers to report: the test ELBO and an importance-sampled log-likelihood.
 
-The ELBO is only a lower bound on :math:`\log p(x)`. Drawing K codes from
-q(z|x) and averaging their importance weights gives a tighter estimate,
+The ELBO is only a lower bound on :math:`\log p(x)`. Averaging the importance
+weights of K codes drawn from q(z|x) gives a tighter one (Burda et al., 2016),
 
 .. math::
     \log p(x) \approx \log \frac{1}{K} \sum_{k=1}^{K}
         \frac{p(x \mid z_k)\, p(z_k)}{q(z_k \mid x)}, \qquad z_k \sim q(z \mid x),
 
-which is itself a lower bound in expectation (Burda et al., 2016) and tends to
-:math:`\log p(x)` as K grows. It is the k-sample bound that an IWAE trains on
-(:func:`vae_course.elbo.iwae_bound`), at k = K: both compute their log-weights with
-:func:`vae_course.elbo.log_importance_weights`. For a conditional VAE, given the
-``labels``, every distribution is conditioned on y and the same average estimates
-:math:`\log p(x \mid y)`.
-
-Each image draws its codes from a random stream of its own, seeded by the seed and
-the image's place in the data set, so its estimate does not depend on which other
-images are evaluated with it, in what order, or how the work is split into chunks.
+which tends to :math:`\log p(x)` as K grows: the bound an IWAE trains on
+(:func:`vae_course.elbo.iwae_bound`), and :math:`\log p(x \mid y)` for a conditional
+VAE given the ``labels``. Each image draws its codes from a stream of its own, so
+its estimate does not depend on the other images, their order or the chunking.
 """
 
 from __future__ import annotations
@@ -47,10 +41,8 @@ def evaluate_elbo(model, images: torch.Tensor, binarize: bool | None = None,
                   labels: torch.Tensor | None = None) -> dict[str, float]:
     """Mean ELBO terms over ``images`` in nats per image, plus ``negative_elbo``.
 
-    Binarizes (by default, for a Bernoulli likelihood) with the same seeded draw
-    as :func:`vae_course.train.fit` uses for its test numbers. A conditional VAE
-    needs the ``labels`` of the images (int64, one per image).
-    """
+    Binarizes (by default, for a Bernoulli likelihood) with the seeded draw that
+    :func:`vae_course.train.fit` uses; a conditional VAE needs the ``labels``."""
     batch_size = check_number("batch_size", batch_size, integer=True)
     images = _prepared(model, images, binarize, seed)
     rows = checked_one_hot(model, labels, images, "labels")  # one-hot rows, or None
@@ -64,14 +56,8 @@ def evaluate_elbo(model, images: torch.Tensor, binarize: bool | None = None,
 
 
 def bits_per_dim(nats, num_dims: int = IMAGE_SIZE):
-    r"""A negative log-likelihood in nats per image, as bits per dimension.
-
-    :math:`\text{bits/dim} = \frac{-\log p(x)}{D \ln 2}`: base-2 logarithms
-    (1 bit = ln 2 nats), divided by the ``num_dims`` dimensions of an image (784
-    pixels for MNIST). Takes a number or a tensor and returns the same kind. Only a
-    log-probability of discrete data is a code length; for a log-density it is a
-    number without that meaning (lesson 07).
-    """
+    r"""Nats per image (a number or a tensor) as :math:`\frac{-\log p(x)}{D \ln 2}` bits
+    per dimension, D = ``num_dims``: a code length only for discrete data (lesson 07)."""
     check_count("num_dims", num_dims)
     return nats / (num_dims * math.log(2))
 
@@ -79,8 +65,7 @@ def bits_per_dim(nats, num_dims: int = IMAGE_SIZE):
 # Codes decoded per call: enough rows for the matmuls to run at speed, few enough
 # that the (rows, 784) logits stay in the CPU's cache for the passes that follow.
 ROWS_PER_CALL = 512
-# Codes of one group of images, encoded together: the encoder and the small
-# per-image steps then run once for several images instead of once for each.
+# Codes of a group of images encoded together: small steps run once for the group.
 CODES_PER_GROUP = 4096
 
 
@@ -102,19 +87,12 @@ def importance_weighted_log_likelihood(model, images: torch.Tensor,
                                        ) -> torch.Tensor:
     """Estimate log p(x) for each image with ``num_samples`` importance samples.
 
-    Image ``i`` of ``images`` is image ``first_index + i`` of its data set, and its
-    codes come from :func:`image_generator` for that index: evaluate images 50 to
-    149 with ``first_index=50`` and they get the numbers a call on the first 150
-    gives them. (Grey images are binarized by one seeded draw over ``images``, the
-    draw of :func:`vae_course.train.fixed_binarization`; to evaluate a slice that is
-    not the first images, binarize the whole set first and pass the slice.)
-
-    Work is split into calls that decode at most ``max_pixels`` pixels in all, so
-    memory stays bounded whatever K is; on the CPU, groups of images run side by
-    side, one on each of PyTorch's threads (:func:`vae_course.runtime.map_in_threads`).
-    Neither the split nor the threads change the result. Returns a
-    (N,) tensor in nats on the CPU. A conditional VAE needs the ``labels`` of the
-    images (int64, one per image) and then estimates log p(x|y).
+    Image ``i`` draws its codes from :func:`image_generator` for ``first_index + i``,
+    its place in the data set, so a slice evaluated with its offset gets the numbers
+    of the whole (binarize the whole set first: grey images get one seeded draw over
+    ``images``). Each call decodes at most ``max_pixels`` pixels; on the CPU groups of
+    images run side by side on PyTorch's threads. Neither changes the result. Returns
+    (N,) nats on the CPU; a conditional VAE needs the ``labels``, for log p(x|y).
     """
     check_count("num_samples", num_samples)
     check_count("seed", seed, minimum=0)
@@ -139,9 +117,8 @@ def importance_weighted_log_likelihood(model, images: torch.Tensor,
                                    rows_per_call, group_rows)  # (group, num_samples)
         return torch.logsumexp(log_weights, 1).cpu() - math.log(num_samples)
 
-    # Groups side by side: the estimator's many small steps keep one core each busy
-    # better than each step split over the cores. Each thread decodes at most
-    # rows_per_call codes at a time, so together never more than max_rows.
+    # Groups side by side, each thread decoding at most rows_per_call codes at a time,
+    # so together never more than max_rows.
     threads = 1 if model.device.type != "cpu" else \
         min(torch.get_num_threads(), max(1, max_rows // rows_per_call))
     estimates = map_in_threads(estimate, starts, threads)
@@ -154,13 +131,8 @@ def importance_weighted_log_likelihood(model, images: torch.Tensor,
 
 
 def _log_weights(model, x, indices, num_samples, seed, rows_per_call, label_rows=None):
-    """log p(x|z) + log p(z) - log q(z|x) for each image's K codes: (group, K).
-
-    The numbers of :func:`vae_course.elbo.log_importance_weights` (the tests compare
-    them), computed faster: see :func:`_log_likelihoods`. With the one-hot
-    ``label_rows`` (group, classes) of a conditional VAE, every distribution is
-    also given y: log p(x|z,y) + log p(z) - log q(z|x,y).
-    """
+    """log p(x|z) + log p(z) - log q(z|x) for each image's K codes: (group, K), as
+    :func:`vae_course.elbo.log_importance_weights` but faster; y from ``label_rows``."""
     device = model.device
     x = x.to(device)
     noise = torch.stack([
@@ -175,23 +147,20 @@ def _log_weights(model, x, indices, num_samples, seed, rows_per_call, label_rows
     return _log_likelihoods(model, x, z, rows_per_call, label_rows) + log_prior_ratio
 
 
-# The evaluation's one optimisation: the importance-sampled log-likelihood decodes
-# thousands of codes per image, and scoring them is most of its time. Scoring a
-# Bernoulli pixel is log sigmoid(+-logit); flipping the sign of the white pixels'
-# logits and summing log(1 + e^f) in place runs about twice as fast as softplus
-# (benchmarks/epoch_speed.py measures the whole estimate), and for an MLP decoder
-# the flip folds into its last layer, so one matrix product gives the flipped logits.
+# The evaluation's one optimisation: scoring thousands of codes per image is most of
+# its time. A Bernoulli pixel scores log sigmoid(+-logit); flipping the sign of the
+# white pixels' logits and summing log(1 + e^f) in place runs about twice as fast as
+# softplus (benchmarks/epoch_speed.py), and an MLP decoder folds the flip into its
+# last layer.
 
 def _log_likelihoods(model, x, z, rows_per_call, label_rows=None):
-    """log p(x|z) of each image under each of its codes z (group, K, latent_dim).
-
-    Returns (group, K)."""
-    given = () if label_rows is None else (label_rows,)
+    """log p(x|z) of each image under each of its codes z (group, K, latent_dim):
+    (group, K)."""
     layers = _foldable_decoder(model)
     if layers is not None and z.shape[1] >= rows_per_call:
         folded = torch.stack([
             _folded_log_likelihood(model, *layers, z[i], x[i], rows_per_call,
-                                   given[0][i:i + 1] if given else None)
+                                   None if label_rows is None else label_rows[i:i + 1])
             for i in range(len(x))])  # (group, K)
         if bool(torch.isfinite(folded).all()):
             return folded
@@ -208,12 +177,8 @@ def _log_likelihoods(model, x, z, rows_per_call, label_rows=None):
 
 
 def _foldable_decoder(model):
-    """The decoder's hidden layers and its last layer, when the evaluation may fold
-    the sign flip into the last one; for any other model, None.
-
-    That needs a Bernoulli likelihood and a decoder that is a stack of layers ending
-    in a ``Linear`` one, used as :class:`~vae_course.models.VAE` uses it.
-    """
+    """The decoder's hidden layers and its last layer, if the sign flip may fold into
+    it: a Bernoulli VAE whose decoder is a stack ending in a ``Linear``; else None."""
     decoder = getattr(model, "decoder", None)
     plain = type(model).decode_logits in (VAE.decode_logits,
                                           ConditionalVAE.decode_logits)
@@ -228,14 +193,9 @@ def _foldable_decoder(model):
 
 def _folded_log_likelihood(model, hidden_layers, output_layer, codes, x,
                            rows_per_call, label_row=None):
-    """log p(x|z) of one image under each of its codes (k, latent_dim): (k,).
-
-    The scoring of :func:`_log_likelihood` with the sign flip folded into the
-    decoder's last layer: the image's flipped logits, s * (W h + b) with s = 1 - 2x,
-    are (s W) h + s b, so one matrix product gives them and no pass over the
-    (rows, 784) block is spent on the flip. Multiplying by -1 is exact, so these
-    are the numbers of flipping after the product.
-    """
+    """log p(x|z) of one image under each of its codes (k, latent_dim): (k,). Its
+    flipped logits s * (W h + b), s = 1 - 2x, are (s W) h + s b: one matrix product,
+    and the same numbers as flipping after it, since multiplying by -1 is exact."""
     sign = 1 - 2 * x  # (784,): +1 for a black pixel, -1 for a white one
     weight_t = (output_layer.weight * sign[:, None]).t()  # (hidden, 784)
     bias = output_layer.bias * sign  # (784,)
@@ -244,24 +204,14 @@ def _folded_log_likelihood(model, hidden_layers, output_layer, codes, x,
     for done in range(0, len(codes), rows_per_call):
         inputs = model.decoder_input(codes[done:done + rows_per_call], *given)
         flipped = torch.addmm(bias, hidden_layers(inputs), weight_t)  # (rows, 784)
-        pieces.append(_score_flipped(flipped))  # (rows,)
+        pieces.append(log1p_exp_sum(flipped).neg_())  # log p(x|z): (rows,)
     return torch.cat(pieces)
 
 
 def log1p_exp_sum(values):
-    """sum_j log(1 + e^v_j) over the last axis, computed in place in ``values``.
-
-    softplus, summed: exp, add 1 and log in place run twice as fast as softplus and
-    keep one (rows, 784) block in the CPU's cache. e^v overflows for v > 88, to
-    infinity, so a caller checks the result and redoes such a block with softplus.
-    """
+    """sum_j log(1 + e^v_j) over the last axis, in place in ``values``: twice as fast as
+    softplus, but e^v overflows for v > 88, so callers redo such blocks with softplus."""
     return values.exp_().add_(1).log_().sum(-1)
-
-
-def _score_flipped(flipped):
-    """log p(x|z) from flipped logits f (those of black pixels, minus those of white
-    ones): -sum_j log(1 + e^f_j), computed in place in ``flipped``."""
-    return log1p_exp_sum(flipped).neg_()
 
 
 def _score(kind, logits, x):
@@ -271,7 +221,7 @@ def _score(kind, logits, x):
     # log p(x_j | l_j) is -log(1 + e^-l_j) for a white pixel and -log(1 + e^l_j)
     # for a black one. Blocks with a logit past 88 are redone with softplus.
     flipped = logits * (1 - 2 * x[:, None])  # (group, rows, 784)
-    log_likelihood = _score_flipped(flipped)  # (group, rows)
+    log_likelihood = log1p_exp_sum(flipped).neg_()  # (group, rows)
     if bool(torch.isfinite(log_likelihood).all()):
         return log_likelihood
     return -F.softplus(logits * (1 - 2 * x[:, None])).sum(-1)
@@ -284,11 +234,8 @@ ACTIVE_THRESHOLD = 1e-2
 def unit_activity(means: torch.Tensor) -> torch.Tensor:
     r"""Burda et al.'s activity of each unit: :math:`A_d = \mathrm{Cov}_x(E_q[z_d])`.
 
-    ``means`` holds the posterior mean of every image, (num_images, latent_dim), as
-    :func:`vae_course.plots.latent_means` returns them; the result is the variance
-    over images of each column (with Bessel's correction), (latent_dim,). It is
-    computed in float64 so that a unit near the threshold is counted the same way
-    on every CPU.
+    The variance (Bessel-corrected) over images of the posterior ``means`` (num_images,
+    latent_dim): (latent_dim,), in float64 so that every CPU counts a unit alike.
     """
     if means.dim() != 2 or len(means) < 2:
         raise ValueError("means must have shape (num_images, latent_dim) with at least "
@@ -298,9 +245,6 @@ def unit_activity(means: torch.Tensor) -> torch.Tensor:
 
 def active_units(means: torch.Tensor,
                  threshold: float = ACTIVE_THRESHOLD) -> torch.Tensor:
-    """Which latent units are active: ``unit_activity(means) > threshold``.
-
-    Returns a (latent_dim,) boolean tensor; ``.sum()`` of it is the number of active
-    units that Burda et al. report.
-    """
+    """Which latent units are active, ``unit_activity(means) > threshold``: a
+    (latent_dim,) boolean tensor whose ``.sum()`` Burda et al. report."""
     return unit_activity(means) > threshold

@@ -1,8 +1,7 @@
 """Encoder, decoder and the VAE module that ties them to the three distributions.
 
-:class:`ConditionalVAE` is the same model given the digit's label as well: its
-encoder gives q(z|x,y) and its decoder p(x|z,y), each fed the one-hot label beside
-its usual input (Sohn, Lee & Yan 2015; model M2 of Kingma et al. 2014).
+:class:`ConditionalVAE` is the same model given the digit's label y too, q(z|x,y) and
+p(x|z,y) (Sohn, Lee & Yan 2015; model M2 of Kingma et al. 2014).
 """
 
 from __future__ import annotations
@@ -20,7 +19,14 @@ from .distributions import (
     posterior_from_encoder,
     standard_normal_prior,
 )
-from .inputs import IMAGE_SIZE, check_choice, check_count, check_labels
+from .inputs import (
+    IMAGE_SIZE,
+    check_choice,
+    check_count,
+    check_images,
+    check_labels,
+    check_tensor,
+)
 
 ARCHITECTURES = ("mlp", "conv")
 CONV_CHANNELS = 32  # the conv architecture's width unless build_vae is told another
@@ -52,10 +58,7 @@ def conv_encoder(latent_dim: int, channels: int = CONV_CHANNELS) -> nn.Sequentia
 def conv_decoder(latent_dim: int, channels: int = CONV_CHANNELS,
                  outputs_per_pixel: int = 1) -> nn.Sequential:
     """(batch, latent_dim) -> (batch, outputs_per_pixel * 784), mirroring the encoder.
-
-    With more than one output per pixel, the first 784 outputs are the first map
-    (e.g. the locations), the next 784 the second (the log-scales).
-    """
+    With two outputs per pixel, the first 784 are one map (locations), then the other."""
     return nn.Sequential(
         nn.Linear(latent_dim, 2 * channels * 7 * 7),
         nn.ReLU(),
@@ -75,12 +78,9 @@ class VAE(nn.Module):
                  likelihood: str = "bernoulli", config: dict | None = None):
         super().__init__()
         check_choice("likelihood", likelihood, LIKELIHOODS)
-        self.encoder = encoder
-        self.decoder = decoder
-        self.latent_dim = latent_dim
-        self.likelihood = likelihood
-        # What build_vae needs to rebuild this model; checkpoints store it.
-        self.config = dict(config or {})
+        self.encoder, self.decoder = encoder, decoder
+        self.latent_dim, self.likelihood = latent_dim, likelihood
+        self.config = dict(config or {})  # what build_vae needs to rebuild it
 
     @property
     def device(self) -> torch.device:
@@ -98,13 +98,12 @@ class VAE(nn.Module):
         return z
 
     def decode_logits(self, z: torch.Tensor) -> torch.Tensor:
-        """The decoder's outputs for latent codes (..., latent_dim): (..., 784)
-        logits, or (..., 2 * 784) locations and log-scales for two per pixel."""
+        """The decoder's outputs for codes (..., latent_dim): (..., 784) logits, or
+        (..., 2 * 784) locations and log-scales for two outputs per pixel."""
         if z.dim() == 2:  # (batch, latent_dim): the layers take it as it is
             return self.decoder(z)
-        leading = z.shape[:-1]
         logits = self.decoder(z.reshape(-1, z.shape[-1]))  # (n, outputs)
-        return logits.reshape(*leading, logits.shape[-1])  # (..., outputs)
+        return logits.reshape(*z.shape[:-1], logits.shape[-1])  # (..., outputs)
 
     def decode(self, z: torch.Tensor):
         """p(x|z) for latent codes of shape (..., latent_dim)."""
@@ -131,11 +130,8 @@ class VAE(nn.Module):
 class ConditionalVAE(VAE):
     """A VAE given the label y too: q(z|x,y), p(x|z,y) and the same prior p(z).
 
-    Each network gets the one-hot label concatenated to its input, so the encoder
-    takes 784 + num_classes numbers and the decoder latent_dim + num_classes.
-    ``y`` is either int64 class indices, one per image (shape (batch,)), or float
-    one-hot rows (batch, num_classes), which may also be mixtures of classes.
-    """
+    Each network gets the one-hot label after its input. ``y`` is int64 class indices
+    (batch,) or float one-hot rows (batch, num_classes), which may mix classes."""
 
     def __init__(self, encoder: nn.Module, decoder: nn.Module, latent_dim: int,
                  num_classes: int, likelihood: str = "bernoulli",
@@ -146,8 +142,7 @@ class ConditionalVAE(VAE):
     def one_hot(self, y: torch.Tensor) -> torch.Tensor:
         """``y`` as float one-hot rows (..., num_classes) of the weights' type."""
         dtype = next(self.parameters()).dtype
-        if not isinstance(y, torch.Tensor):
-            raise TypeError(f"labels must be a torch.Tensor; got {type(y).__name__}")
+        check_tensor(y, "labels")
         if y.is_floating_point():
             if y.dim() == 0 or y.shape[-1] != self.num_classes:
                 raise ValueError(
@@ -158,17 +153,15 @@ class ConditionalVAE(VAE):
             return y.to(dtype)
         if y.dtype != torch.int64:
             raise TypeError(f"labels must be int64 class indices; got {y.dtype}")
-        if y.numel() and bool(((y < 0) | (y >= self.num_classes)).any()):
-            raise ValueError(f"labels must lie in 0..{self.num_classes - 1}; found "
-                             f"{int(y.min())}..{int(y.max())}")
+        check_labels(y.reshape(-1), y.numel(), self.num_classes)  # in 0..classes - 1
         return F.one_hot(y, self.num_classes).to(dtype)
 
     def _with_label(self, inputs: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """``inputs`` (..., d), the one-hot of ``y`` after them: (..., d + classes)."""
+        """``inputs`` (..., d), the one-hot of ``y`` after them: (..., d + classes).
+        Leading shapes broadcast: labels (batch,) serve inputs (samples, batch, d)."""
         condition = self.one_hot(y)  # (..., num_classes)
-        leading = inputs.shape[:-1]
         try:
-            condition = condition.expand(*leading, self.num_classes)
+            condition = condition.expand(*inputs.shape[:-1], self.num_classes)
         except RuntimeError:
             raise ValueError(f"labels of shape {tuple(y.shape)} do not fit inputs of "
                              f"shape {tuple(inputs.shape)}: give one int64 label "
@@ -180,17 +173,10 @@ class ConditionalVAE(VAE):
         """q(z|x,y) for images (batch, 784) and their labels."""
         return posterior_from_encoder(self.encoder(self._with_label(x, y)))
 
-    def decoder_input(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """What the decoder takes for codes (..., latent_dim): each code, then the
-        one-hot of its label, (..., latent_dim + num_classes)."""
-        return self._with_label(z, y)
+    decoder_input = _with_label  # what the decoder takes: each code, then its label
 
     def decode_logits(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Logits of p(x|z,y) for codes (..., latent_dim): (..., 784).
-
-        The leading shape of ``y`` (or of its one-hot rows) broadcasts against that
-        of ``z``: labels (batch,) serve codes (samples, batch, latent_dim).
-        """
+        """Logits of p(x|z,y) for codes (..., latent_dim): (..., 784)."""
         return super().decode_logits(self.decoder_input(z, y))
 
     def decode(self, z: torch.Tensor, y: torch.Tensor):
@@ -221,11 +207,8 @@ def is_conditional(model) -> bool:
 
 
 def label_arguments(model, labels: torch.Tensor | None) -> tuple:
-    """``(labels,)`` for a conditional model, ``()`` for a plain one.
-
-    ``model.encode(x, *label_arguments(model, labels))`` then works for both; a
-    conditional model without labels, or a plain one with them, is refused.
-    """
+    """``(labels,)`` for a conditional model, ``()`` for a plain one, so that
+    ``model.encode(x, *label_arguments(model, labels))`` works for both."""
     if is_conditional(model) and labels is None:
         raise ValueError("this conditional VAE needs the label of every image: "
                          "pass labels")
@@ -237,10 +220,7 @@ def label_arguments(model, labels: torch.Tensor | None) -> tuple:
 
 def checked_one_hot(model, labels, images, name: str) -> torch.Tensor | None:
     """The one-hot rows of ``labels`` on the model's device, checked once; or None.
-
-    Labels are required exactly when the model is conditional and there are images
-    for them to label.
-    """
+    Labels are needed exactly when the model is conditional and there are images."""
     if images is None or not is_conditional(model):
         if labels is not None:
             why = ("without the images they label" if images is None else
@@ -260,26 +240,19 @@ def build_vae(architecture: str = "mlp", latent_dim: int = 32,
               channels: int | None = None) -> VAE:
     """The course's VAE; the default is the MLP 784-100-100-64 / 32-100-100-784.
 
-    ``num_classes=10`` builds the same MLP as a :class:`ConditionalVAE`, whose two
-    networks take the one-hot label as ``num_classes`` extra inputs.
-
-    The decoder has one output per pixel for the Bernoulli likelihoods and two for
-    ``likelihood="discretized_logistic"`` (32-100-100-1568).
-
-    ``channels`` is the width of the conv architecture (its first convolution; the
-    second has twice as many), 32 unless given; the MLP has none. A conv model's
-    config records it, and a config saved before it did means 32.
-    """
+    ``likelihood="discretized_logistic"`` gives two outputs per pixel (32-100-100-1568),
+    ``num_classes=10`` a :class:`ConditionalVAE`; ``channels`` is the conv architecture's
+    width (then doubled), 32 unless given, as in a config saved without it."""
     check_choice("architecture", architecture, ARCHITECTURES)
-    if architecture != "conv" and channels is not None:
+    if architecture == "mlp" and channels is not None:
         raise ValueError(f"channels={channels!r} sets the width of the conv "
                          "architecture; the MLP's widths are its hidden_sizes")
-    if architecture == "conv" and channels is None:
-        channels = CONV_CHANNELS
-    widths = [("channels", channels)] if architecture == "conv" else []
-    for name, value in [("latent_dim", latent_dim), *widths] + [
-            ("hidden_sizes", size) for size in hidden_sizes]:
-        check_count(name, value)
+    check_count("latent_dim", latent_dim)
+    if architecture == "conv":
+        channels = CONV_CHANNELS if channels is None else channels
+        check_count("channels", channels)
+    for size in hidden_sizes:
+        check_count("hidden_sizes", size)
     check_choice("likelihood", likelihood, LIKELIHOODS)
     hidden_sizes = list(hidden_sizes)
     outputs = OUTPUTS_PER_PIXEL[likelihood]
@@ -288,28 +261,32 @@ def build_vae(architecture: str = "mlp", latent_dim: int = 32,
     if architecture == "conv":
         config["channels"] = channels
     if num_classes is not None:
-        return _build_conditional(config, num_classes)
+        if architecture != "mlp":
+            raise ValueError("the conditional VAE is an MLP; got architecture "
+                             f"{architecture!r}")
+        check_count("num_classes", num_classes, minimum=2)
+        config["num_classes"] = num_classes
+    label_inputs = num_classes or 0  # a conditional VAE's one-hot label, per network
     if architecture == "mlp":
-        encoder = mlp([IMAGE_SIZE, *hidden_sizes, 2 * latent_dim])
-        decoder = mlp([latent_dim, *reversed(hidden_sizes), outputs * IMAGE_SIZE])
+        encoder = mlp([IMAGE_SIZE + label_inputs, *hidden_sizes, 2 * latent_dim])
+        decoder = mlp([latent_dim + label_inputs, *reversed(hidden_sizes),
+                       outputs * IMAGE_SIZE])
     else:
         encoder = conv_encoder(latent_dim, channels)
         decoder = conv_decoder(latent_dim, channels, outputs_per_pixel=outputs)
-    return VAE(encoder, decoder, latent_dim, likelihood, config)
+    if num_classes is None:
+        return VAE(encoder, decoder, latent_dim, likelihood, config)
+    return ConditionalVAE(encoder, decoder, latent_dim, num_classes, likelihood, config)
 
 
 @torch.no_grad()
 def init_output_bias(model: VAE, images: torch.Tensor, clip: float = 1e-3) -> VAE:
-    """Start the decoder's last bias at the logit of each pixel's mean over ``images``.
+    """Start the decoder's last bias at the logit of each pixel's mean over ``images``
+    (N, 784), so that every code first decodes to the average digit, not grey noise.
 
-    With the weights still small, every code then decodes to the average digit
-    instead of grey noise, as in Burda et al.'s code for their VAE and IWAE (which
-    clips the means to ``[clip, 1 - clip]`` first, so that no logit is infinite).
-    ``images`` are training images, grey or binary, of shape (N, 784).
-    """
-    if images.dim() != 2 or images.shape[1] != IMAGE_SIZE or len(images) == 0:
-        raise ValueError(f"images must have shape (N, {IMAGE_SIZE}) with N > 0; "
-                         f"got {tuple(images.shape)}")
+    As in Burda et al.'s code, the means are clipped to ``[clip, 1 - clip]`` so that
+    no logit is infinite."""
+    check_images(images, dtype=images.dtype)  # grey or binary, of any float type
     if not 0 < clip < 0.5:
         raise ValueError(f"clip must lie strictly between 0 and 0.5; got {clip!r}")
     last = [layer for layer in model.decoder.modules()
@@ -320,18 +297,6 @@ def init_output_bias(model: VAE, images: torch.Tensor, clip: float = 1e-3) -> VA
     means = images.double().mean(0).clamp(clip, 1 - clip)  # (784,)
     last.bias.copy_(torch.logit(means).to(last.bias))
     return model
-def _build_conditional(config: dict, num_classes: int) -> ConditionalVAE:
-    """The MLP of ``config`` with ``num_classes`` one-hot inputs more per network."""
-    if config["architecture"] != "mlp":
-        raise ValueError("the conditional VAE is an MLP; got architecture "
-                         f"{config['architecture']!r}")
-    check_count("num_classes", num_classes, minimum=2)
-    latent_dim, hidden_sizes = config["latent_dim"], config["hidden_sizes"]
-    encoder = mlp([IMAGE_SIZE + num_classes, *hidden_sizes, 2 * latent_dim])
-    outputs = OUTPUTS_PER_PIXEL[config["likelihood"]] * IMAGE_SIZE
-    decoder = mlp([latent_dim + num_classes, *reversed(hidden_sizes), outputs])
-    return ConditionalVAE(encoder, decoder, latent_dim, num_classes,
-                          config["likelihood"], {**config, "num_classes": num_classes})
 
 
 def count_parameters(module: nn.Module) -> int:

@@ -1,10 +1,8 @@
 """Pictures of a VAE: image grids, samples, reconstructions, the latent space, curves.
 
-Every function returns the matplotlib figure it drew (end a notebook line with ``;``
-so that Jupyter shows it once). The helpers that draw a model take ``model_name``,
-which goes into the title: a reader comparing two figures must see which model drew
-each. Plots label both axes with their units; image grids have no axes to label, so
-their title says what the tiles are.
+Each returns its matplotlib figure (end the notebook line with ``;`` to show it once)
+and puts ``model_name`` in its title, so that figures side by side say which model
+drew each; axes carry their units.
 """
 
 from __future__ import annotations
@@ -16,8 +14,6 @@ import torch
 from torch.distributions import Normal
 
 from .models import VAE, is_conditional, label_arguments
-
-NATS = "nats per image"
 
 
 def titled(text: str, model_name: str | None = None) -> str:
@@ -64,10 +60,8 @@ def plot_reconstructions(model: VAE, images: torch.Tensor, n: int = 10,
 @torch.no_grad()
 def latent_means(model: VAE, images: torch.Tensor, batch_size: int = 1000,
                  labels: torch.Tensor | None = None):
-    """Posterior means of every image: (N, latent_dim) on the CPU.
-
-    A conditional VAE needs the ``labels`` too: its means are those of q(z|x,y).
-    """
+    """Posterior means of every image: (N, latent_dim) on the CPU (those of q(z|x,y)
+    for a conditional VAE, given the ``labels``)."""
     model.eval()
     means = []
     for start in range(0, len(images), batch_size):
@@ -90,18 +84,14 @@ def project_2d(codes: torch.Tensor) -> torch.Tensor:
 def plot_latent_scatter(model: VAE, images: torch.Tensor, labels: torch.Tensor, ax=None,
                         model_name: str | None = None, label_name: str = "digit",
                         split: str = "test"):
-    """Posterior means coloured by label (projected by PCA when latent_dim > 2).
-
-    A conditional VAE is given the same ``labels`` as its condition y; ``split``
-    names the images in the title.
-    """
+    """Posterior means coloured by label, by PCA when latent_dim > 2 (a conditional VAE
+    gets the ``labels`` as its y too); ``split`` names the images in the title."""
     conditions = labels if is_conditional(model) else None
     points = project_2d(latent_means(model, images, labels=conditions)).numpy()
     if ax is None:
         _, ax = plt.subplots(figsize=(6, 5))
-    colours = torch.as_tensor(labels).numpy()
-    scatter = ax.scatter(points[:, 0], points[:, 1], c=colours, cmap="tab10", s=3,
-                         vmin=-0.5, vmax=9.5)
+    scatter = ax.scatter(points[:, 0], points[:, 1], c=torch.as_tensor(labels).numpy(),
+                         cmap="tab10", s=3, vmin=-0.5, vmax=9.5)
     ax.figure.colorbar(scatter, ax=ax, ticks=range(10), label=label_name)
     if model.latent_dim <= 2:
         kind = "latent means"
@@ -117,9 +107,7 @@ def plot_latent_scatter(model: VAE, images: torch.Tensor, labels: torch.Tensor, 
 
 def manifold_codes(n: int = 20, low: float = 0.05, high: float = 0.95) -> torch.Tensor:
     """An n x n grid of 2-D codes at evenly spaced quantiles of N(0, 1): (n*n, 2).
-
-    Rows run from high to low z2 so the picture has z2 pointing up.
-    """
+    Rows run from high to low z2, so that z2 points up in the picture."""
     quantiles = Normal(0.0, 1.0).icdf(torch.linspace(low, high, n))  # (n,)
     z1 = quantiles.repeat(n)
     z2 = quantiles.flip(0).repeat_interleave(n)
@@ -128,12 +116,8 @@ def manifold_codes(n: int = 20, low: float = 0.05, high: float = 0.95) -> torch.
 
 @torch.no_grad()
 def plot_manifold(model: VAE, n: int = 20, model_name: str | None = None):
-    """Decode a grid of quantiles of a 2-D latent space into one picture.
-
-    The axes stay on, with ticks at the first and last tile (and the middle one when
-    n is odd, where the code is 0) giving the code there, so that the picture reads
-    as a map of (z1, z2).
-    """
+    """Decode a grid of quantiles of a 2-D latent space into one picture, a map of
+    (z1, z2): ticks at the first, last (and middle, code 0, for odd n) tiles."""
     if model.latent_dim != 2:
         raise ValueError(f"the manifold needs a 2-D latent space; this model has "
                          f"{model.latent_dim}")
@@ -148,8 +132,7 @@ def plot_manifold(model: VAE, n: int = 20, model_name: str | None = None):
     centres = [2 + index * 30 + 14 for index in picked]  # 28-pixel tiles, 2 padding
     ax.set_xticks(centres, [f"{codes[i, 0]:.2f}" for i in picked])
     ax.set_yticks(centres, [f"{codes[i * n, 1]:.2f}" for i in picked])
-    ax.set_xlabel("latent unit z₁")
-    ax.set_ylabel("latent unit z₂")
+    ax.set(xlabel="latent unit z₁", ylabel="latent unit z₂")
     return fig
 
 
@@ -178,17 +161,14 @@ def plot_history(history, terms=("loss", "reconstruction", "entropy", "cross_ent
                  model_name: str | None = None):
     """One panel per term: train and (when present) validation, per epoch, in nats."""
     fig, axes = plt.subplots(1, len(terms), figsize=(3.6 * len(terms), 3), squeeze=False)
-    axes = axes[0]
     epochs = history.column("epoch")
-    for ax, term in zip(axes, terms, strict=True):
+    for ax, term in zip(axes[0], terms, strict=True):
         for split in ("train", "validation"):
             key = f"{split}_{term}"
             if history.rows and key in history.rows[0]:
                 ax.plot(epochs, history.column(key), marker=".", label=split)
-        ax.set_title(term.replace("_", "-"))
-        ax.set_xlabel("epoch")
         # Each panel has its own scale, so each says its unit.
-        ax.set_ylabel(NATS)
+        ax.set(title=term.replace("_", "-"), xlabel="epoch", ylabel="nats per image")
         ax.legend()
     if model_name:
         fig.suptitle(model_name)
@@ -196,39 +176,31 @@ def plot_history(history, terms=("loss", "reconstruction", "entropy", "cross_ent
     return fig
 
 
-def _png(image: torch.Tensor, scale: int = 6) -> bytes:
-    """PNG bytes of one flattened image, enlarged ``scale`` times."""
-    from PIL import Image
-
-    pixels = (image.reshape(28, 28).clamp(0, 1) * 255).byte().cpu().numpy()
-    picture = Image.fromarray(pixels).resize((28 * scale, 28 * scale), Image.NEAREST)
-    buffer = io.BytesIO()
-    picture.save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
 def latent_explorer(model: VAE, limit: float = 3.0):
-    """Two sliders over a 2-D latent space and the digit they decode, live.
-
-    Returns an ipywidgets box; moving a slider decodes the new code at once.
-    """
+    """An ipywidgets box: two sliders over a 2-D latent space and the digit they
+    decode, redrawn as a slider moves."""
     import ipywidgets as widgets
+    from PIL import Image
 
     if model.latent_dim != 2:
         raise ValueError("the explorer needs a model with a 2-D latent space")
     sliders = [widgets.FloatSlider(value=0.0, min=-limit, max=limit, step=0.1,
                                    description=name, continuous_update=True)
                for name in ("z1", "z2")]
-    image = widgets.Image(format="png", width=168, height=168)
+    picture = widgets.Image(format="png", width=168, height=168)
 
-    def redraw(_change=None):
+    def redraw(_change=None):  # the sliders' code decoded, as a PNG enlarged 6 times
         code = torch.tensor([[s.value for s in sliders]], device=model.device)
         with torch.no_grad():
-            image.value = _png(model.decode(code).mean[0])
+            digit = model.decode(code).mean[0].reshape(28, 28)
+        pixels = (digit.clamp(0, 1) * 255).byte().cpu().numpy()
+        png = io.BytesIO()
+        Image.fromarray(pixels).resize((168, 168), Image.NEAREST).save(png, format="PNG")
+        picture.value = png.getvalue()
 
     for slider in sliders:
         slider.add_class("vae-explorer-slider")
         slider.observe(redraw, names="value")
-    image.add_class("vae-explorer-image")
+    picture.add_class("vae-explorer-image")
     redraw()
-    return widgets.HBox([widgets.VBox(sliders), image])
+    return widgets.HBox([widgets.VBox(sliders), picture])
