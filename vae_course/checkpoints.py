@@ -182,7 +182,7 @@ def _unreadable(path: Path, error: Exception) -> str:
     if isinstance(error, pickle.UnpicklingError):
         return (f"{path} holds objects other than tensors and plain values; it was "
                 f"refused and nothing in it was run ({reason})")
-    return f"{path} is a damaged checkpoint (truncated?): {reason}"
+    return f"{path} is not a readable checkpoint (truncated or damaged?): {reason}"
 
 
 def load_checkpoint(path, device=None):
