@@ -178,8 +178,6 @@ def test_ci_script_is_executable_bash():
 # --- README.md: what a newcomer reads first ---------------------------------------
 
 README_MAX_LINES = 250
-# Local files the README links to that a make target writes, not a person.
-WRITTEN_BY_MAKE = {"benchmarks/README.md": "make benchmark"}
 FENCE = re.compile(r"^```.*?^```", re.MULTILINE | re.DOTALL)
 LINK = re.compile(r"\]\(([^)\s]+)\)")
 
@@ -285,6 +283,4 @@ def test_readme_links_resolve():
             assert target[1:] in headings, f"README links to {target}, no such heading"
             continue
         path = target.split("#")[0]
-        if path in WRITTEN_BY_MAKE:
-            continue  # written by its make target (see WRITTEN_BY_MAKE)
         assert (REPO / path).exists(), f"README links to {path}, which does not exist"
