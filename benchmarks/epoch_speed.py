@@ -111,8 +111,10 @@ def alternate(contenders: dict, pairs: list[tuple[str, str]], epochs: int) -> No
             seconds, cpu_seconds = timed(run_epoch)
             wall[name].append(seconds)
             cpu[name].append(cpu_seconds)
-    say(f"median seconds per epoch ({epochs} epochs): " + ", ".join(
+    say(f"seconds per epoch, each loop's median of {epochs}: " + ", ".join(
         f"{name} {statistics.median(seconds):.2f}" for name, seconds in wall.items()))
+    say("ratios, the median of each epoch's against its neighbour's (what to read, "
+        "since the load moves the seconds):")
 
     def ratio(seconds, slower, faster):  # each epoch against its neighbour's
         return statistics.median(a / b for a, b in zip(seconds[slower],
