@@ -147,10 +147,11 @@ def check_labels(labels, num_images: int, num_classes: int,
                          f"{int(labels.min())}..{int(labels.max())}")
 
 
-def check_count(name: str, value, minimum: int = 1) -> int:
-    """``value`` if it is an integer of at least ``minimum`` (not a bool)."""
+def check_count(name: str, value, minimum: int = 1, why: str = "") -> int:
+    """``value`` if it is an integer of at least ``minimum`` (not a bool); ``why``
+    follows the minimum in the message."""
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         wanted = {0: "a non-negative integer", 1: "a positive integer"}.get(
-            minimum, f"an integer of at least {minimum}")
+            minimum, f"an integer of at least {minimum}{why}")
         raise ValueError(f"{name} must be {wanted}; got {value!r}")
     return value

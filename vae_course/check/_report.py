@@ -102,14 +102,6 @@ def require_callable(fn) -> None:
                         f"got {type(fn).__name__}")
 
 
-def require_count(name: str, value, minimum: int, why: str = "") -> None:
-    """Refuse (misuse of a checker) a ``value`` that is no integer >= ``minimum``."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        wanted = ("a positive integer" if minimum == 1
-                  else f"an integer of at least {minimum}{why}")
-        raise ValueError(f"{name} must be {wanted}; got {value!r}")
-
-
 def close(a: torch.Tensor, b: torch.Tensor, tol: float = 1e-5) -> bool:
     a, b = a.detach().double(), b.detach().double()
     return a.shape == b.shape and bool(torch.allclose(a, b, rtol=tol, atol=tol))

@@ -13,6 +13,7 @@ from ..distributions import NUM_LEVELS
 from ..elbo import LOG_2PI, log_importance_weights
 from ..evaluate import bits_per_dim as nats_to_bits_per_dim
 from ..gaps import codes_of, log_joint
+from ..inputs import check_count
 from ..models import IMAGE_SIZE, build_vae
 from ._fixtures import decoder_inputs, default_model_and_images
 from ._report import (
@@ -24,7 +25,6 @@ from ._report import (
     finite,
     listed,
     require_callable,
-    require_count,
     seeded,
 )
 
@@ -152,7 +152,7 @@ def log_likelihood_estimate(fn: Callable, num_samples: int = 1000) -> bool:
     a tenth of it.
     """
     require_callable(fn)
-    require_count("num_samples", num_samples, 100)
+    check_count("num_samples", num_samples, 100)
     model = LinearGaussianVAE()
     x = model.images()
     exact = model.exact_log_likelihood(x)
@@ -205,7 +205,7 @@ def iwae_bound(fn: Callable, num_samples: int = 10, num_calls: int = 200) -> boo
     average over ``num_calls`` calls against a precise bound.
     """
     require_callable(fn)
-    require_count("num_samples", num_samples, 2, " (at k = 1 the bound is the ELBO)")
+    check_count("num_samples", num_samples, 2, " (at k = 1 the bound is the ELBO)")
     model, images = default_model_and_images()
     report = Report(f"Checking the k-sample bound, called as fn(model, x, "
                     f"{num_samples}) on {len(images)} images:")
@@ -488,7 +488,7 @@ def bits_per_dim(fn: Callable, dequantized: bool = False,
     when all passed.
     """
     require_callable(fn)
-    require_count("num_dims", num_dims, 1)
+    check_count("num_dims", num_dims, 1)
     kind = "log-density of dequantized pixels" if dequantized else "log-probability"
     report = Report(f"Checking bits per dimension from a {kind} in nats, called as "
                     f"fn(log_p) with {num_dims} dimensions:")

@@ -9,6 +9,7 @@ import torch
 
 from ..elbo import elbo_terms
 from ..elbo import kl_standard_normal as kl_of_posterior
+from ..inputs import check_count
 from ..models import IMAGE_SIZE, is_conditional
 from ..train import warmup_weight
 from ._fixtures import (
@@ -24,7 +25,6 @@ from ._report import (
     Report,
     close,
     require_callable,
-    require_count,
 )
 
 NO_GRAD_FN = "the loss has no grad_fn: no .item(), .detach() or torch.no_grad()."
@@ -470,7 +470,7 @@ def beta_vae_loss(fn: Callable, beta: float = 4.0, warmup_steps: int = 100) -> b
     if not (math.isfinite(beta) and beta > 0 and beta != 1):
         raise ValueError(f"beta must be a positive number other than 1 (so that the "
                          f"checker can tell it from no weight); got {beta!r}")
-    require_count("warmup_steps", warmup_steps, 4)
+    check_count("warmup_steps", warmup_steps, 4)
     report = Report(f"Checking the β-VAE loss, called as fn(reconstruction, kl, step, "
                     f"beta={beta:g}, warmup_steps={warmup_steps}):")
     # Per-image reconstruction terms and KLs of a batch of five, in nats.

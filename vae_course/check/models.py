@@ -8,9 +8,10 @@ import torch
 from torch import nn
 
 from ..elbo import negative_elbo as reference_negative_elbo
+from ..inputs import check_count
 from ..models import IMAGE_SIZE, VAE
 from ._fixtures import binary_images, default_model_and_images, kept_mode
-from ._report import Report, close, explain, require_callable, require_count, seeded
+from ._report import Report, close, explain, require_callable, seeded
 
 _CONV = (nn.Conv2d, nn.ConvTranspose2d)
 
@@ -142,7 +143,7 @@ def conv_vae(encoder: nn.Module, decoder: nn.Module, latent_dim: int = 32) -> bo
         if not isinstance(module, nn.Module):
             raise TypeError(f"pass the {name} as an nn.Module (an nn.Sequential); "
                             f"got {type(module).__name__}")
-    require_count("latent_dim", latent_dim, 1)
+    check_count("latent_dim", latent_dim, 1)
     report = Report(f"Checking a convolutional encoder and decoder for 28x28 images "
                     f"and latent_dim = {latent_dim}:")
     batch = 4
