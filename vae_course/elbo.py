@@ -31,7 +31,7 @@ import math
 
 import torch
 
-from .inputs import check_count, check_images, check_pixels
+from .inputs import check_count, check_images
 from .models import label_arguments
 
 LOG_2PI = math.log(2 * math.pi)
@@ -58,8 +58,7 @@ def kl_standard_normal(posterior) -> torch.Tensor:
 
 def check_batch(model, x: torch.Tensor) -> None:
     """Refuse a batch the model cannot score: shape, type, empty, pixel values."""
-    check_images(x, "images", next(model.parameters()).dtype)
-    check_pixels(x, model.likelihood)
+    check_images(x, "images", next(model.parameters()).dtype, model.likelihood)
 
 
 def elbo_terms(model, x: torch.Tensor, num_samples: int = 1,

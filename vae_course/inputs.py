@@ -82,8 +82,10 @@ def check_pixel_values(x: torch.Tensor, name: str = "pixels") -> None:
 
 
 def check_images(images: torch.Tensor, name: str = "images",
-                 dtype: torch.dtype = torch.float32) -> None:
-    """Refuse anything but a (N, 784) tensor of ``dtype`` with pixels in [0, 1].
+                 dtype: torch.dtype = torch.float32,
+                 likelihood: str | None = None) -> None:
+    """Refuse anything but a (N, 784) tensor of ``dtype`` with pixels in [0, 1], and
+    with a ``likelihood``, pixels it can score (:func:`check_pixels`).
 
     N must be at least 1: an empty batch has no mean to report. ``dtype`` is that of
     the model's weights (``torch.from_numpy`` gives float64, which a float32
@@ -97,7 +99,10 @@ def check_images(images: torch.Tensor, name: str = "images",
         hint = f" (convert them with .to({dtype}))" if images.is_floating_point() else ""
         raise ValueError(f"{name} must be floating point of the model's type, "
                          f"{_short(dtype)}; got {_short(images.dtype)}{hint}")
-    check_pixel_values(images, name)
+    if likelihood is None:
+        check_pixel_values(images, name)
+    else:
+        check_pixels(images, likelihood, name)
 
 
 def is_grey_level(x: torch.Tensor) -> torch.Tensor:
@@ -106,7 +111,7 @@ def is_grey_level(x: torch.Tensor) -> torch.Tensor:
     return (x >= 0) & (x <= 1) & ((levels - levels.round()).abs() < 1e-3)
 
 
-def check_pixels(x: torch.Tensor, kind: str = "bernoulli") -> None:
+def check_pixels(x: torch.Tensor, kind: str = "bernoulli", name: str = "pixels") -> None:
     """Refuse pixels the likelihood ``kind`` cannot score, with a message that says why.
 
     NaN, values outside [0, 1] and non-float tensors are refused for every
@@ -114,7 +119,7 @@ def check_pixels(x: torch.Tensor, kind: str = "bernoulli") -> None:
     k / 255 (dequantized or smoothed pixels) for the discretized logistic.
     """
     check_choice("likelihood", kind, LIKELIHOODS)
-    check_pixel_values(x, "pixels")
+    check_pixel_values(x, name)
     if kind == "bernoulli" and bool(((x != 0) & (x != 1)).any()):
         raise GreyPixelsError(
             "a Bernoulli likelihood scores only pixels that are exactly 0 or 1, "

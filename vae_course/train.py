@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from .data import binarize as binarize_images
 from .distributions import unchecked_arguments
 from .elbo import beta_loss, elbo_terms, iwae_terms, mean_terms
-from .inputs import check_images, check_number, check_pixels
+from .inputs import check_images, check_number
 from .models import checked_one_hot, is_conditional
 
 TERMS = ("loss", "reconstruction", "entropy", "cross_entropy", "kl")
@@ -232,23 +232,22 @@ def fit(model, train_images: torch.Tensor,
                          "for the plain VAE; train a conditional VAE on its ELBO "
                          "(iwae_samples=1)")
     check_objective(beta, warmup_epochs, iwae_samples)
+    binarize = wants_binarization(model, binarize)
     dtype = next(model.parameters()).dtype
-    check_images(train_images, "train_images", dtype)
+    # Once, before the first step: the steps do not check again. Images to be
+    # binarized need only be grey levels; the others must suit the likelihood.
+    likelihood = None if binarize else model.likelihood
+    check_images(train_images, "train_images", dtype, likelihood)
     if validation_images is not None:
-        check_images(validation_images, "validation_images", dtype)
+        check_images(validation_images, "validation_images", dtype, likelihood)
     train_rows = checked_one_hot(model, train_labels, train_images, "train_labels")
     validation_rows = checked_one_hot(model, validation_labels, validation_images,
                                       "validation_labels")
-    binarize = wants_binarization(model, binarize)
     device = model.device
     train = train_images.to(device)
     validation = None
     if validation_images is not None:
         validation = fixed_binarization(validation_images, binarize, seed).to(device)
-    if not binarize:  # once, before the first step: the steps do not check again
-        check_pixels(train, model.likelihood)
-        if validation is not None:
-            check_pixels(validation, model.likelihood)
     optimizer = optimizer or torch.optim.Adam(model.parameters(), lr=learning_rate)
     history = history if history is not None else History()
     steps_per_epoch = math.ceil(len(train) / batch_size)
