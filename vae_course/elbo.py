@@ -91,6 +91,11 @@ def elbo_terms(model, x: torch.Tensor, num_samples: int = 1,
     else:
         entropy = -average(posterior.log_prob(z))
         cross_entropy = -average(model.prior().log_prob(z))
+    return _terms(reconstruction, entropy, cross_entropy)
+
+
+def _terms(reconstruction, entropy, cross_entropy) -> dict[str, torch.Tensor]:
+    """The three terms, with KL = cross-entropy - entropy and the ELBO they make."""
     kl = cross_entropy - entropy
     return {"reconstruction": reconstruction, "entropy": entropy,
             "cross_entropy": cross_entropy, "kl": kl, "elbo": reconstruction - kl}
@@ -150,13 +155,10 @@ def iwae_terms(model, x: torch.Tensor, num_samples: int,
                         dtype=x.dtype)  # (batch, k, latent_dim)
     posterior, log_likelihood, log_prior_ratio = _weight_terms(model, x, noise)
     log_weights = log_likelihood + log_prior_ratio  # (k, batch)
-    entropy = entropy_normal(posterior)
-    cross_entropy = cross_entropy_standard_normal(posterior)
-    reconstruction = log_likelihood.mean(0)
-    kl = cross_entropy - entropy
-    return {"reconstruction": reconstruction, "entropy": entropy,
-            "cross_entropy": cross_entropy, "kl": kl, "elbo": reconstruction - kl,
-            "bound": torch.logsumexp(log_weights, 0) - math.log(num_samples)}
+    terms = _terms(log_likelihood.mean(0), entropy_normal(posterior),
+                   cross_entropy_standard_normal(posterior))
+    terms["bound"] = torch.logsumexp(log_weights, 0) - math.log(num_samples)
+    return terms
 
 
 def iwae_bound(model, x: torch.Tensor, num_samples: int) -> torch.Tensor:
