@@ -66,7 +66,7 @@ MODELS = {
                          "latent 50: Burda et al.'s size (ReLU, where they used tanh)",
                          ["--hidden-sizes", "200", "200", "--latent-dim", "50",
                           "--iwae-samples", "50"], 25, PUBLISHED_IWAE),
-    "conv": Reference("the conv VAE of lesson 09 at half its width: 16 and 32 "
+    "conv": Reference("the conv VAE of lesson 10 at half its width: 16 and 32 "
                       "channels, latent 32",
                       ["--architecture", "conv", "--channels", "16"], 50),
 }

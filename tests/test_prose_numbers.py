@@ -23,7 +23,7 @@ to. A sentence may point further on purpose, and then says where:
 
 - "section 5" (or "sections 4 and 5") binds its numbers to the code cells of those
   sections of the same notebook as well ("the lesson's section 2" of a solutions
-  notebook, or "lesson 11's section 7", names another notebook and binds nothing);
+  notebook, or "lesson 13's section 7", names another notebook and binds nothing);
 - "the last cell" binds them to the notebook's last code cell (the run time);
 - "exercise 3" binds them to the cells under a heading "### Exercise 3" (in a
   solutions notebook; a lesson's exercises are tasks, with no cells of their own).
@@ -54,7 +54,7 @@ thousands commas ("3,280" is 3280). The sign is ignored, so prose may call a los
 - the ``## Exercises`` cell of a lesson and the cells that continue it: they set
   tasks, not results, and its solutions notebook restates every task where this test
   checks it;
-- the number of a lesson ("lesson 11", "lessons 06 and 11"): it names a notebook;
+- the number of a lesson ("lesson 13", "lessons 06 and 13"): it names a notebook;
 - in LaTeX, exponents and indices (``10^{-38}``, ``\\mathbb{R}^{32}``, ``o_{33}``):
   they are notation, and the number they belong to is checked. Formula constants
   such as ``\\tfrac12`` or ``2\\pi`` fall under the first rule; nothing else in
@@ -107,14 +107,14 @@ FENCED_CODE = re.compile(r"^[ \t]*```.*?^[ \t]*```", re.MULTILINE | re.DOTALL)
 # Exponents and indices in LaTeX: 10^{-38}, \\mathbb{R}^{32}, o_{33}, x^2.
 SCRIPT = re.compile(r"[_^](?:\{[-\d\s]+\}|-?\d+)")
 LESSON_NUMBER = re.compile(r"0\d")
-# "lesson 11", "lessons 06 and 11", "Lessons 05, 06 and 11": names of notebooks (a
-# listed name is 00 to 19, so that "lesson 11, 43 images" still counts the 43).
+# "lesson 13", "lessons 06 and 13", "Lessons 05, 06 and 13": names of notebooks (a
+# listed name is 00 to 19, so that "lesson 13, 43 images" still counts the 43).
 LESSON_NAMES = re.compile(r"\b[Ll]essons?\s+\d\d?(?:(?:\s*,\s*|\s+and\s+|\s+or\s+"
                           r"|\s*-\s*|\s+to\s+)[01]\d)*\b")
 # A level-2 heading opens a section; "## 3 · Training" is section 3.
 SECTION_HEADING = re.compile(r"^##(?!#)\s*(\d+)?", re.MULTILINE)
 # "section 5", "sections 4 and 5", "Section 5's table"; not "the lesson's section 2"
-# or "lesson 11's section 7", which are another notebook's.
+# or "lesson 13's section 7", which are another notebook's.
 SECTION_REFERENCE = re.compile(r"(?<!'s )(?<!\u2019s )\b[Ss]ections?\s+(\d+(?:(?:\s*,\s*"
                                r"|\s+and\s+|\s+or\s+|\s+to\s+)\d+)*)")
 LAST_CELL_REFERENCE = re.compile(r"\bthe last (?:code )?cell\b", re.IGNORECASE)
@@ -464,7 +464,7 @@ def test_what_counts_as_a_number():
                 "two terms, β = 4, fc21 and 3,280 passes give 86.76 nats.\n\n"
                 "```python\nx = 123.4\n```\n## 12. Heading\n"
                 "$\\frac{1}{2} 0.5 10^{-38} o_{33}$\n"
-                "1. As lesson 11 and lessons 06 and 12 show, 25 steps; lesson 11, 43 "
+                "1. As lesson 13 and lessons 06 and 11 show, 25 steps; lesson 13, 43 "
                 "images:\n\n"
                 "   ```python\n   y = 456.7\n   ```\n")
     assert [number for number, _ in prose_numbers(markdown)] == [
@@ -518,9 +518,9 @@ def test_a_sentence_may_name_a_far_cell():
                         *[("md", "Words.")] * LOOK_BACK,
                         ("md", "## Summary\n\n- A loss of 123.45 (exercise 1)."))
     assert problems_in_notebook(solved, "x", is_solutions=True) == []
-    # "The lesson's section 1" or "lesson 11's section 1" is another notebook's.
+    # "The lesson's section 1" or "lesson 13's section 1" is another notebook's.
     for other in ["The lesson's section 1 printed 123.45.",
-                  "Lesson 11's section 1 printed 123.45."]:
+                  "Lesson 13's section 1 printed 123.45."]:
         assert problems_in_notebook(fabricated(*TRAINING, *SAMPLING, ("md", other)),
                                     "x")
 
