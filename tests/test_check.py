@@ -291,6 +291,10 @@ def test_normal_log_prob(capsys):
     as_variance = lambda x, m, s: Normal(m, s.sqrt()).log_prob(x)  # noqa: E731
     assert_fails_with(check.log_prob(as_variance, "normal"), capsys,
                       "treated as a variance")
+    scaled_mse = lambda x, m, s: -F.mse_loss(  # noqa: E731
+        m, x, reduction="none") / (2 * s**2)
+    assert_fails_with(check.log_prob(scaled_mse, "normal"), capsys,
+                      "-log sigma - 1/2 log(2 pi) is missing", "an MSE loss")
 
 
 def test_bernoulli_log_prob_of_the_deep_bayes_tutorial(capsys):

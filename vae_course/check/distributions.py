@@ -226,6 +226,9 @@ def _normal_slips(value, loc, sigma, takes):
     return [
         (-right, "That is minus the log-density (a negative log-likelihood)."),
         (right + 0.5 * LOG_2PI, "The constant -1/2 log(2 pi) is missing."),
+        (-square / (2 * sigma**2), "The normaliser -log sigma - 1/2 log(2 pi) is "
+         "missing: what is left is a squared error scaled by 1/(2 sigma^2), an MSE "
+         "loss, not a log-density."),
         (right - sigma.log(), "log sigma^2 was used where log sigma belongs: the "
          "normaliser of N(mu, sigma^2) is sigma sqrt(2 pi)."),
         (right - square / (2 * sigma**2),
