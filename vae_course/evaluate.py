@@ -57,7 +57,7 @@ def evaluate_elbo(model, images: torch.Tensor, binarize: bool | None = None,
 
 def bits_per_dim(nats, num_dims: int = IMAGE_SIZE):
     r"""Nats per image (a number or a tensor) as :math:`\frac{-\log p(x)}{D \ln 2}` bits
-    per dimension, D = ``num_dims``: a code length only for discrete data (lesson 07)."""
+    per dimension, D = ``num_dims``: a code length only for discrete data (lesson 08)."""
     check_count("num_dims", num_dims)
     return nats / (num_dims * math.log(2))
 
