@@ -117,6 +117,22 @@ def test_opens_with_title_and_learning_goals(path):
     assert "Learning goals" in first.source
 
 
+def test_lessons_are_numbered_in_order():
+    """00, 01, 02, ... with no gap or repeat, each title carrying its file's number,
+    and each solutions notebook titled like its lesson."""
+    numbers = [LESSON_NAME.match(path.name).group(1) for path in LESSONS]
+    assert numbers == [f"{n:02d}" for n in range(len(numbers))], numbers
+    for path in LESSONS:
+        number, name = LESSON_NAME.match(path.name).groups()
+        title = read(path).cells[0].source.lstrip().splitlines()[0]
+        assert title.startswith(f"# {number} · "), f"{relative(path)}: {title!r}"
+        solutions = SOLUTIONS / f"{number}_{name}_solutions.ipynb"
+        if solutions.is_file():
+            heading = read(solutions).cells[0].source.lstrip().splitlines()[0]
+            assert heading.startswith(f"# {number} · "), \
+                f"{relative(solutions)}: {heading!r}"
+
+
 @pytest.mark.parametrize("path", ALL, ids=relative)
 def test_has_summary_and_exercises(path):
     headings = markdown_headings(read(path))
