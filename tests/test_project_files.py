@@ -6,8 +6,10 @@ import re
 import shutil
 import subprocess
 import tomllib
+from datetime import datetime
 from pathlib import Path
 
+import nbformat
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -260,6 +262,48 @@ def test_readme_lesson_table_lists_every_notebook_with_its_times():
         "README's lesson table and notebooks/ disagree: "
         f"missing {sorted(notebooks - set(listed))}, "
         f"extra {sorted(set(listed) - notebooks)}")
+
+
+# A learner's first full run of a lesson, one thread, on these machines.
+MAX_LESSON_SECONDS = 5 * 60
+
+
+def committed_run_seconds(notebook: Path) -> float:
+    """From the first code cell's start to the last one's end, as the committed
+    outputs record it (nbconvert's execution timestamps)."""
+    times = [cell.metadata["execution"]
+             for cell in nbformat.read(notebook, as_version=4).cells
+             if cell.cell_type == "code" and "execution" in cell.metadata]
+    assert times, f"{notebook.name} carries no execution times"
+
+    def moment(text):
+        return datetime.fromisoformat(text.replace("Z", "+00:00"))
+    return (moment(times[-1]["shell.execute_reply"])
+            - moment(times[0]["iopub.execute_input"])).total_seconds()
+
+
+def readme_seconds(text: str) -> float:
+    number, unit = text.split()
+    return float(number) * (60 if unit == "min" else 1)
+
+
+def test_readme_running_times_are_the_committed_runs():
+    """The table's running time is what the committed run took, and at most 5 min."""
+    wrong, slow = [], []
+    for row in readme_sections()["Lessons"].splitlines():
+        target = re.search(r"\]\((notebooks/[^)]+\.ipynb)\)", row)
+        if not row.startswith("| [") or not target:
+            continue
+        listed = readme_seconds(re.split(r"(?<!\\)\|", row)[-2].strip())
+        took = committed_run_seconds(REPO / target.group(1))
+        # The README rounds: whole seconds under a minute, tenths of a minute above.
+        if abs(listed - took) > max(1.0, 0.05 * took):
+            wrong.append(f"{target.group(1)}: README {listed:.0f} s, run {took:.0f} s")
+        if took > MAX_LESSON_SECONDS:
+            slow.append(f"{target.group(1)}: {took:.0f} s")
+    assert not wrong, "README running times disagree with the committed runs: " + \
+        "; ".join(wrong)
+    assert not slow, "lessons over 5 minutes on their committed run: " + "; ".join(slow)
 
 
 def test_readme_speed_section_points_to_the_benchmark_report():
