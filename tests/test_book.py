@@ -70,6 +70,13 @@ def test_every_lesson_has_a_page_and_a_download(site):
         assert not remote, f"{page.name} loads {remote[:3]} from the network"
 
 
+def test_speaker_notes_stay_off_the_site(site):
+    """Notes open with "Speaker notes." (tests/test_slides.py): no page shows one."""
+    for lesson in LESSONS:
+        html = (site / "notebooks" / f"{lesson.stem}.html").read_text(encoding="utf-8")
+        assert "Speaker notes." not in html, f"{lesson.name}: speaker notes on the site"
+
+
 class QuietHandler(SimpleHTTPRequestHandler):
     def log_message(self, *args):  # keep the test output to what the test prints
         pass

@@ -206,6 +206,23 @@ def test_lesson_has_speaker_notes(lesson):
     assert notes, f"{lesson.name}: no cell of slide type 'notes'"
 
 
+@lessons
+def test_speaker_notes_stay_with_teachers(lesson):
+    """A note is for the speaker view: collapsed in JupyterLab, kept off the site."""
+    for index, cell in enumerate(read(lesson).cells):
+        if slide_type(cell) != "notes":
+            continue
+        assert cell.source.startswith("Speaker notes."), (
+            f"{lesson.name} cell {index}: a note opens with 'Speaker notes.', so that "
+            "a teacher sees what it is")
+        assert cell.metadata.get("jupyter", {}).get("source_hidden") is True, (
+            f"{lesson.name} cell {index}: a speaker note shown to learners; set "
+            "metadata.jupyter.source_hidden")
+        assert "remove-cell" in cell.metadata.get("tags", []), (
+            f"{lesson.name} cell {index}: a speaker note without the remove-cell tag "
+            "would show on the website")
+
+
 # ------------------------------------------------------------------------ browser
 
 SCREEN = {"width": 1280, "height": 720}
