@@ -7,6 +7,8 @@
 #   make notebook NB=notebooks/01_distributions.ipynb   execute one notebook in place
 #   make slides    one reveal.js deck per lesson into build/slides/ (no execution)
 #   make book      the course as a website into build/book/ (no execution)
+#   make assignments   graded student notebooks into build/assignments/ (nbgrader)
+#   make grade ASSIGNMENT=03_elbo SUBMISSIONS=folder   scores and feedback per student
 #   make clean     remove build outputs and caches (keeps .venv and data/)
 #
 # Each target installs what it needs into .venv the first time, and again only
@@ -60,6 +62,8 @@ help:
 	@echo "make notebook NB=notebooks/NN_name.ipynb   execute one notebook in place"
 	@echo "make slides    one reveal.js deck per lesson into build/slides/"
 	@echo "make book      the course as a website into build/book/"
+	@echo "make assignments  graded student notebooks into build/assignments/"
+	@echo "make grade ASSIGNMENT=03_elbo SUBMISSIONS=folder  grade into build/grades/"
 	@echo "make checkpoints  retrain the two committed course models (lessons 04, 05)"
 	@echo "make benchmark    time the trainer and the log-likelihood: benchmarks/README.md"
 	@echo "make reference    train and evaluate the reference models, update README"
@@ -68,9 +72,17 @@ help:
 
 install: $(STAMP)
 
+NBGRADER_PANELS := nbgrader.server_extensions.formgrader \
+	nbgrader.server_extensions.validate_assignment \
+	nbgrader.server_extensions.assignment_list nbgrader.server_extensions.course_list
+
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --disable-pip-version-check -e '.[test]'
+	@# nbgrader (make assignments, make grade) works from the command line; its
+	@# JupyterLab panels are a teacher's formgrader, so make lab leaves them off.
+	$(BIN)/jupyter labextension disable --level=sys_prefix @jupyter/nbgrader >/dev/null
+	$(BIN)/jupyter server extension disable --sys-prefix $(NBGRADER_PANELS) >/dev/null
 	@touch $@
 
 # Where the lessons find the data and keep the models they train, wherever their
@@ -199,6 +211,22 @@ book: | $(STAMP)
 	cp -R notebooks build/book-src/notebooks
 	$(BIN)/sphinx-build -q -b html build/book-src build/book
 	@echo "Website in build/book/: open build/book/index.html in a browser."
+
+# --- assignments: graded notebooks, built and graded with nbgrader ------------
+
+# One student notebook per assignments/NN_name.toml into build/assignments/, with
+# nbgrader's course folder beside it (build/assignments/course/).
+.PHONY: assignments grade
+assignments: | $(STAMP)
+	$(BIN)/python assignments/build.py
+
+# Each STUDENT.ipynb in SUBMISSIONS, graded in a kernel and a working copy of its
+# own: build/grades/ASSIGNMENT/scores.csv and feedback/STUDENT.html.
+grade: | $(STAMP)
+	@test -n "$(ASSIGNMENT)" -a -n "$(SUBMISSIONS)" || { echo "usage: make grade \
+	ASSIGNMENT=03_elbo SUBMISSIONS=folder-of-STUDENT.ipynb"; exit 2; }
+	$(BIN)/python assignments/build.py
+	$(BIN)/python assignments/grade.py "$(ASSIGNMENT)" "$(SUBMISSIONS)"
 
 # -----------------------------------------------------------------------------
 

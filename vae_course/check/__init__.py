@@ -15,6 +15,9 @@ binary images (batch, 784).
   ``quadrature_log_likelihood``, ``bits_per_dim``
 - models: ``conv_vae``, ``interpolation``
 
+``score(checker, fn, points=...)`` turns a checker's report into marks: the share of
+its checks that passed, as the graded assignments (assignments/) count them.
+
 A topic's module is imported the first time one of its checkers is used.
 """
 
@@ -29,6 +32,7 @@ _TOPICS = {
     "bounds": ("LinearGaussianVAE", "log_likelihood_estimate", "iwae_bound",
                "quadrature_log_likelihood", "bits_per_dim"),
     "models": ("conv_vae", "interpolation"),
+    "grading": ("score",),
 }
 _MODULE_OF = {name: module for module, names in _TOPICS.items() for name in names}
 # The loss checkers' default model and images, which tests reuse.

@@ -17,6 +17,8 @@ LOG_VAR_IS_ANY_REAL = ("it returned nan or inf: log_var is log sigma^2 and can b
                        "real number; sigma = exp(0.5 * log_var), so do not take the "
                        "log or the square root of log_var itself.")
 TOO_EARLY = " One number for the whole batch is too early a reduction."
+# The reports started inside each open ``recorded()`` block, innermost last.
+_RECORDERS: list[list[Report]] = []
 
 
 class Report:
@@ -24,6 +26,8 @@ class Report:
 
     def __init__(self, title: str):
         self.failures = self.checks = 0
+        for recorder in _RECORDERS:
+            recorder.append(self)
         print(title)
 
     def ok(self, what: str) -> bool:
@@ -83,6 +87,17 @@ class Report:
         """Whether ``result`` is a tensor of ``shape``; ``hint(its shape)`` if not."""
         return self.tensor(result, expected) and self.check(
             what, result.shape == shape, lambda: hint(tuple(result.shape)))
+
+
+@contextmanager
+def recorded():
+    """The list of every ``Report`` that a checker starts while the block runs."""
+    reports: list[Report] = []
+    _RECORDERS.append(reports)
+    try:
+        yield reports
+    finally:
+        _RECORDERS.remove(reports)
 
 
 @contextmanager
