@@ -22,6 +22,7 @@ import re
 import shutil
 import subprocess
 import sys
+import textwrap
 import tomllib
 from pathlib import Path
 
@@ -31,6 +32,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 NOTEBOOKS = REPO / "notebooks"
 CONFIG = HERE / "nbgrader_config.py"
+GENERATE = HERE / "generate_assignments.py"  # nbgrader, run in the course folder
 NAME = re.compile(r"[0-9A-Za-z][0-9A-Za-z_]*")
 SPEC_KEYS = {"title", "lesson", "solutions", "setup", "question"}
 QUESTION_KEYS = {"id", "points", "answer", "check", "options", "hidden", "prompt"}
@@ -38,8 +40,8 @@ HOW_TO = """\
 Each question asks for one function. Write it in the answer cell in place of
 `raise NotImplementedError()`, run the cell, then run the check cell below it: it
 prints what passes and what to fix, and the marks those checks give. Grading runs
-the same checks, and a few hidden ones, in a fresh kernel from the top: make sure
-the notebook runs from top to bottom (Kernel > Restart and run all)."""
+the same checks{hidden} in a fresh kernel from the top: make sure the notebook runs
+from top to bottom (Kernel > Restart and run all)."""
 
 
 def nbgrader_environment(**extra: str) -> dict[str, str]:
@@ -106,6 +108,30 @@ def _text(table: dict, key: str, where: str) -> None:
 
 def solution_functions(notebook: Path) -> dict[str, tuple[str, str]]:
     """Every function the notebook's code cells define: name -> (header, body)."""
+    return {name: _split_function(lines, node)
+            for name, (node, lines) in _definitions(notebook).items()}
+
+
+def solution_helpers(notebook: Path, name: str) -> list[str]:
+    """The other functions of the notebook that function ``name`` calls, directly or
+    through each other, each as written, in the order the notebook defines them: a
+    worked answer that calls them brings them along."""
+    definitions = _definitions(notebook)
+    needed, todo = set(), [name]
+    while todo:
+        node, _ = definitions[todo.pop()]
+        for used in ast.walk(node):
+            if (isinstance(used, ast.Name) and used.id in definitions
+                    and used.id not in needed | {name}):
+                needed.add(used.id)
+                todo.append(used.id)
+    return ["\n".join(lines[node.lineno - 1:node.end_lineno])
+            for helper, (node, lines) in definitions.items() if helper in needed]
+
+
+def _definitions(notebook: Path) -> dict[str, tuple[ast.FunctionDef, list[str]]]:
+    """Every top-level function of the notebook's code cells: name -> (its node, the
+    lines of its cell); a name defined twice is the later definition."""
     found = {}
     for cell in nbformat.read(notebook, as_version=4).cells:
         if cell.cell_type != "code":
@@ -113,7 +139,8 @@ def solution_functions(notebook: Path) -> dict[str, tuple[str, str]]:
         lines = cell.source.splitlines()
         for node in ast.parse(cell.source).body:
             if isinstance(node, ast.FunctionDef):
-                found[node.name] = _split_function(lines, node)
+                found.pop(node.name, None)  # a redefinition takes the later place
+                found[node.name] = node, lines
     return found
 
 
@@ -151,11 +178,14 @@ def check_call(question: dict) -> str:
 def source_notebook(spec: dict) -> nbformat.NotebookNode:
     """The nbgrader source notebook: answers filled in, hidden checks marked."""
     solutions = solution_functions(NOTEBOOKS / spec["solutions"])
-    total = sum(question["points"] for question in spec["question"])
+    count, total = len(spec["question"]), sum(q["points"] for q in spec["question"])
+    any_hidden = any("hidden" in question for question in spec["question"])
     cells = [
-        _cell("markdown", f"# {spec['title']}: assignment\n\n{len(spec['question'])} "
-              f"questions, {total} points, on the lesson `{spec['lesson']}`.\n\n"
-              + HOW_TO, "title"),
+        _cell("markdown", f"# {spec['title']}: assignment\n\n{count} question"
+              f"{'s' if count > 1 else ''}, {total} points, on the lesson "
+              f"`{spec['lesson']}`.\n\n"
+              + HOW_TO.format(hidden=", and a few hidden ones," if any_hidden else ""),
+              "title"),
         _cell("code", spec["setup"], "setup"),
     ]
     for number, question in enumerate(spec["question"], 1):
@@ -164,6 +194,9 @@ def source_notebook(spec: dict) -> nbformat.NotebookNode:
             raise SpecError(f"question {qid!r}: {spec['solutions']} defines no "
                             f"function {name!r}")
         header, body = solutions[name]
+        # The solution's own helpers, nested in it: the stub keeps only the header.
+        for helper in reversed(solution_helpers(NOTEBOOKS / spec["solutions"], name)):
+            body = textwrap.indent(helper, "    ") + "\n\n" + body
         hidden = question.get("hidden", "").strip("\n")
         check = f"marks = {check_call(question)}\n"
         if hidden:
@@ -186,21 +219,29 @@ def source_notebook(spec: dict) -> nbformat.NotebookNode:
 
 def build(spec_path: Path, out: Path) -> Path:
     """The student notebook of one spec, built through nbgrader into ``out``."""
-    spec = load_spec(spec_path)
-    name, course = spec_path.stem, out / "course"
-    source = course / "source" / name / f"{name}.ipynb"
-    source.parent.mkdir(parents=True, exist_ok=True)
+    return build_all([spec_path], out)[0]
+
+
+def build_all(spec_paths: list[Path], out: Path) -> list[Path]:
+    """The student notebooks of the specs, built into ``out`` by one nbgrader run
+    (it takes seconds to start); every spec is checked before nbgrader runs."""
+    course = out / "course"
+    sources = {path.stem: source_notebook(load_spec(path)) for path in spec_paths}
+    for name, notebook in sources.items():
+        source = course / "source" / name / f"{name}.ipynb"
+        source.parent.mkdir(parents=True, exist_ok=True)
+        nbformat.write(notebook, source)
     shutil.copy(CONFIG, course / "nbgrader_config.py")
-    nbformat.write(source_notebook(spec), source)
-    run = subprocess.run([sys.executable, "-m", "nbgrader", "generate_assignment",
-                          name, "--force", "--create"], cwd=course,
+    run = subprocess.run([sys.executable, str(GENERATE), *sources], cwd=course,
                          env=nbgrader_environment(), capture_output=True, text=True)
     if run.returncode != 0:
-        raise RuntimeError(f"nbgrader generate_assignment {name} failed:\n"
-                           f"{run.stdout}{run.stderr}")
-    student = out / f"{name}.ipynb"
-    shutil.copy(course / "release" / name / f"{name}.ipynb", student)
-    return student
+        raise RuntimeError(f"nbgrader generate_assignment {' '.join(sources)} "
+                           f"failed:\n{run.stdout}{run.stderr}")
+    students = []
+    for name in sources:
+        students.append(out / f"{name}.ipynb")
+        shutil.copy(course / "release" / name / f"{name}.ipynb", students[-1])
+    return students
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -215,10 +256,11 @@ def main(argv: list[str] | None = None) -> int:
         if spec.suffix != ".toml" or not spec.is_file():
             parser.error(f"no such spec: {spec} (a .toml file in assignments/)")
     try:
-        for spec in specs:
-            print(f"{spec.stem}: {build(spec.resolve(), args.out.resolve())}")
+        built = build_all([spec.resolve() for spec in specs], args.out.resolve())
     except SpecError as error:
         parser.error(str(error))
+    for spec, student in zip(specs, built, strict=True):
+        print(f"{spec.stem}: {student}")
     return 0
 
 

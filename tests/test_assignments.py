@@ -1,20 +1,25 @@
 """The graded assignments: built from assignments/*.toml, graded by nbgrader.
 
-Two lessons' assignments are built once; then a few students' notebooks are graded
-through grade.py as a teacher would: the worked solutions, the untouched notebook,
-the typical slips, and a submission that raises, hangs and writes outside its folder.
+Every lesson's assignment is built once, and every question's worked answer and stub
+are scored in this process (fast); then a few students' notebooks of two lessons are
+graded through grade.py as a teacher would: the worked solutions, the untouched
+notebook, the typical slips, and a submission that raises, hangs and writes outside
+its folder.
 """
 
 from __future__ import annotations
 
 import csv
+import functools
 import html
 import importlib
+import re
 import sys
 from pathlib import Path
 
 import nbformat
 import pytest
+import torch
 
 import vae_course as vc
 from vae_course import check
@@ -27,6 +32,9 @@ grade = importlib.import_module("grade")
 
 SPECS = sorted((REPO / "assignments").glob("*.toml"))
 CELL_TIMEOUT = 10  # seconds: 20 times what a right answer's checks take
+# The questions of every spec, as (spec, question id).
+QUESTIONS = [pytest.param(path, question["id"], id=f"{path.stem}-{question['id']}")
+             for path in SPECS for question in build.load_spec(path)["question"]]
 
 
 def answers_of(spec: dict) -> dict[str, str]:
@@ -92,13 +100,24 @@ def test_student_notebooks_hold_stubs_and_no_solution(built, spec_path):
     assert len(answer_cells) == len(spec["question"])
     assert all("raise NotImplementedError()" in cell.source for cell in answer_cells)
     assert "HIDDEN TESTS" not in sources and "BEGIN SOLUTION" not in sources
-    # Not one line of any worked solution of the course is in the notebook.
+    # Not one line of any worked solution of the course is in the notebook, but for
+    # the lines that the lessons show too: those of the code an exercise hands out
+    # to debug, which a prompt shows as well.
+    shown = lessons_markdown()
     for solutions in sorted((REPO / "notebooks" / "solutions").glob("*.ipynb")):
         for name, (_, body) in build.solution_functions(solutions).items():
             for line in body.splitlines():
                 code = line.split("#")[0].strip()
-                if len(code) > 12:
+                if len(code) > 12 and code not in shown:
                     assert code not in sources, (name, code)
+
+
+@functools.cache
+def lessons_markdown() -> str:
+    """The Markdown of every lesson, where the exercises are."""
+    return "\n".join(cell.source for lesson in (REPO / "notebooks").glob("*.ipynb")
+                     for cell in nbformat.read(lesson, as_version=4).cells
+                     if cell.cell_type == "markdown")
 
 
 def test_hidden_checks_stay_in_the_source(built):
@@ -119,6 +138,66 @@ def test_a_bad_spec_is_refused_with_what_to_fix(tmp_path):
     spec.write_text(good + '\n[[question]]\nid = "x"\nanswr = "y"\n')
     with pytest.raises(build.SpecError, match="unknown keys"):
         build.load_spec(spec)
+
+
+# ----------------------------------------- each question's worked answer and stub
+
+
+@pytest.fixture
+def torch_settings(monkeypatch):
+    """A spec's vc.setup keeps the threads as they are, without measuring the
+    machine's load for a quarter of a second; its determinism is undone after."""
+    threads = torch.get_num_threads()
+    monkeypatch.setenv(vc.runtime.THREADS_ENV_VAR, str(threads))
+    monkeypatch.setattr(vc.runtime, "machine_load", lambda: 0.0)
+    deterministic = (torch.are_deterministic_algorithms_enabled(),
+                     torch.is_deterministic_algorithms_warn_only_enabled())
+    yield
+    torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(deterministic[0], warn_only=deterministic[1])
+
+
+def cells_of(spec_path: Path) -> dict[str, str]:
+    """The source notebook's code cells of a spec, by nbgrader grade id."""
+    notebook = build.source_notebook(build.load_spec(spec_path))
+    return {cell.metadata["nbgrader"]["grade_id"]: cell.source
+            for cell in notebook.cells if cell.cell_type == "code"}
+
+
+def marks_of(cells: dict[str, str], qid: str, answer: str) -> float:
+    """The marks that the question's check cell gives ``answer``, after the setup."""
+    namespace = {}
+    exec(cells["setup"], namespace)
+    exec(answer, namespace)
+    exec(cells[qid], namespace)
+    return namespace["marks"]
+
+
+@pytest.mark.parametrize(("spec_path", "qid"), QUESTIONS)
+def test_worked_answer_scores_full_marks_and_a_stub_none(spec_path, qid, capsys,
+                                                          torch_settings):
+    spec = build.load_spec(spec_path)
+    question = next(question for question in spec["question"] if question["id"] == qid)
+    cells = cells_of(spec_path)
+    worked = cells[f"{qid}_answer"]
+    assert f"def {question['answer']}(" in worked and "### BEGIN SOLUTION" in worked
+    points = question["points"]
+    assert marks_of(cells, qid, worked) == points
+    assert f"Marks: {points} of {points}" in capsys.readouterr().out
+    # The stub as nbgrader writes it into the student notebook.
+    stub = re.sub(r"### BEGIN SOLUTION.*### END SOLUTION", "raise NotImplementedError()",
+                  worked, flags=re.DOTALL)
+    assert marks_of(cells, qid, stub) == 0
+    assert "NotImplementedError" in capsys.readouterr().out
+
+
+def test_a_worked_answer_brings_the_helpers_it_calls():
+    helpers = build.solution_helpers(
+        build.NOTEBOOKS / "solutions" / "12_iwae_solutions.ipynb", "bound_fixed")
+    assert [helper.splitlines()[0] for helper in helpers] == [
+        "def bound_with_rsample(model, x, k):"]
+    worked = cells_of(REPO / "assignments" / "12_iwae.toml")["iwae_bound_answer"]
+    assert "    def bound_with_rsample(model, x, k):" in worked
 
 
 # ------------------------------------------------------------------ vc.check.score
