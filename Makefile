@@ -47,9 +47,12 @@ PARALLEL := $(if $(filter 1,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile
 # one kernel beside another worker's, once took longer than that.
 NBVAL_FLAGS := --nbval-lax --nbval-current-env \
 	--nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-kernel-startup-timeout 300
+# Widgets' state is not stored in the notebooks: JupyterLab would write its numbers
+# back in another form (3 for 3.0) on every save, which git sees as a change.
 EXECUTE := $(JUPYTER) nbconvert --to notebook --execute \
 	--ExecutePreprocessor.timeout=$(CELL_TIMEOUT) \
-	--ExecutePreprocessor.kernel_name=python3
+	--ExecutePreprocessor.kernel_name=python3 \
+	--ExecutePreprocessor.store_widget_state=False
 
 .PHONY: help install lab test test-portable course notebook checkpoints benchmark \
 	reference clean distclean
@@ -94,11 +97,15 @@ FOLDERS = $(DATA_FOLDER) VAE_COURSE_RUNS=$(CURDIR)/runs
 # Rooted at the repository, so that the README, the package and the solutions open
 # from JupyterLab's file browser; it starts in notebooks/.
 # jupyter-settings/overrides.json turns autosave off, so running a lesson does not
-# rewrite the committed notebook (Ctrl-S still saves).
+# rewrite the committed notebook (Ctrl-S still saves); jupyter-settings/labextensions/
+# lets ipywidgets run in RISE's slideshow page (both JupyterLab and RISE list it).
+LAB_EXTENSIONS := $(CURDIR)/jupyter-settings/labextensions
 lab: $(STAMP)
 	@echo "Open the URL with ?token=... printed below (Ctrl-C twice stops the server)."
 	$(FOLDERS) $(JUPYTER) lab --ServerApp.root_dir=. \
 		--LabApp.default_url=/lab/tree/notebooks --LabApp.app_settings_dir=jupyter-settings \
+		--LabApp.extra_labextensions_path=$(LAB_EXTENSIONS) \
+		--RiseApp.extra_labextensions_path=$(LAB_EXTENSIONS) \
 		--ip=127.0.0.1 --no-browser $(ALLOW_ROOT)
 
 # Smoke budgets (VAE_COURSE_SMOKE=1) keep the run short; nbval compares only the

@@ -2,7 +2,10 @@
 
 They check what a learner sees, which the nbval tests cannot: the notebook opens in
 JupyterLab, Run All Cells finishes without an error, the figures render, and the
-latent explorer of lesson 05 redraws its digit when a slider moves.
+latent explorer of lesson 05 redraws its digit when a slider moves. Under RISE (live
+slides) they check what a class sees on a projector of 1280x720: the text sizes, that
+every slide fits or scrolls, that the explorer works there too, and that presenting a
+lesson leaves it as committed.
 
 Run them alone with ``pytest -m browser``; ``make test`` runs them with the rest.
 They need Debian's Chromium (``apt-get install chromium``) and Playwright's Python
@@ -13,11 +16,16 @@ The server works on a copy of ``notebooks/`` with the outputs stripped, so every
 figure and execution count the test sees comes from this run, the committed
 notebooks are never touched, and JupyterLab's settings, workspaces, runtime files
 and the kernel's IPython profile live under pytest's temporary folder, not in $HOME.
+The slideshows are presented from a second copy, ``presented/`` in the server's root,
+which keeps the committed outputs and is a git repository of its own, so that
+``git status`` there tells what presenting wrote.
 """
 
 from __future__ import annotations
 
+import io
 import json
+import math
 import os
 import re
 import secrets
@@ -41,15 +49,26 @@ REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = REPO / "notebooks"
 
 
-def makefile_lab_settings() -> str:
-    """The settings folder that ``make lab`` hands JupyterLab (None if it hands none)."""
+def makefile_lab_options() -> dict[str, str]:
+    """The ``--LabApp.*`` and ``--RiseApp.*`` options that ``make lab`` hands JupyterLab,
+    by name (``LabApp.app_settings_dir``, ...)."""
     recipe = subprocess.run(["make", "-n", "-o", ".venv/.installed-stamp", "lab"],
                             cwd=REPO, capture_output=True, text=True, check=True).stdout
-    found = re.search(r"--LabApp\.app_settings_dir=(\S+)", recipe)
-    return found.group(1) if found else None
+    return dict(re.findall(r"--((?:LabApp|RiseApp)\.\w+)=(\S+)", recipe))
 
 
-LAB_SETTINGS = makefile_lab_settings() or "jupyter-settings"
+def makefile_lab_settings() -> str:
+    """The settings folder that ``make lab`` hands JupyterLab (None if it hands none)."""
+    return makefile_lab_options().get("LabApp.app_settings_dir")
+
+
+LAB_OPTIONS = makefile_lab_options()
+LAB_SETTINGS = LAB_OPTIONS.get("LabApp.app_settings_dir", "jupyter-settings")
+# The extensions folder make lab adds, for JupyterLab and for RISE's own page.
+LAB_EXTENSIONS = {name: value for name, value in LAB_OPTIONS.items()
+                  if name.endswith(".extra_labextensions_path")}
+# The committed lessons, as the slideshow tests present them (see the module's notes).
+PRESENTED = "presented"
 SERVER_START_S = 60
 PAGE_LOAD_S = 90
 RUN_ALL_S = 240
@@ -109,6 +128,41 @@ def strip_outputs(folder: Path) -> None:
         path.write_text(json.dumps(notebook, indent=1), encoding="utf-8")
 
 
+def git(folder: Path, *args: str) -> str:
+    """Run git in ``folder`` with an identity of its own; returns its output."""
+    command = ["git", "-c", "user.name=vae-course tests",
+               "-c", "user.email=tests@vae-course.invalid", "-c", "commit.gpgsign=false"]
+    return subprocess.run(command + list(args), cwd=folder, capture_output=True,
+                          text=True, check=True).stdout
+
+
+def committed_copy(source: Path, folder: Path) -> None:
+    """Copy ``source`` into ``folder`` unchanged and commit it there, with the
+    repository's .gitignore, when git is installed (CI has it: it cloned the repo)."""
+    shutil.copytree(source, folder)
+    if shutil.which("git"):
+        shutil.copy(REPO / ".gitignore", folder / ".gitignore")
+        git(folder, "init", "-q")
+        git(folder, "add", "-A")
+        git(folder, "commit", "-q", "--no-verify", "-m", "the lessons as committed")
+
+
+def as_committed(folder: Path) -> Path:
+    """Put a :func:`committed_copy` back as committed (a test before may have changed
+    it); returns the folder."""
+    if (folder / ".git").is_dir():
+        git(folder, "checkout", "-q", "--", ".")
+        git(folder, "clean", "-fdq")
+    return folder
+
+
+def changed_files(folder: Path) -> list[str]:
+    """``git status --porcelain`` in a :func:`committed_copy`."""
+    if not (folder / ".git").is_dir():
+        pytest.skip("git is not installed: apt-get install git")
+    return git(folder, "status", "--porcelain").splitlines()
+
+
 def write_lab_settings(settings_dir: Path) -> None:
     """User settings for the throwaway lab: no news feed, no update check."""
     folder = settings_dir / "@jupyterlab" / "apputils-extension"
@@ -123,6 +177,7 @@ def running_lab(source: Path, workdir: Path):
     root = workdir / "notebooks"
     shutil.copytree(source, root)
     strip_outputs(root)
+    committed_copy(source, root / PRESENTED)
     state = workdir / "jupyter-state"
     env = dict(os.environ)
     env.update({
@@ -152,6 +207,8 @@ def running_lab(source: Path, workdir: Path):
         f"--LabApp.workspaces_dir={state / 'lab-workspaces'}",
         # The settings make lab uses (autosave off), read from the checkout.
         f"--LabApp.app_settings_dir={REPO / LAB_SETTINGS}",
+        # The extensions folder make lab adds (ipywidgets in RISE's page).
+        *(f"--{name}={REPO / value}" for name, value in LAB_EXTENSIONS.items()),
         "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
         "--ServerApp.shutdown_no_activity_timeout=900",
         "--MappingKernelManager.cull_idle_timeout=900",
@@ -218,17 +275,39 @@ def lab(tmp_path_factory):
 # -------------------------------------------------------------------------- browser
 
 
-@pytest.fixture
-def page(lab, tmp_path):
+# A classroom projector: RISE lays its slides out at the screen's size.
+PROJECTOR = {"width": 1280, "height": 720}
+
+
+@contextmanager
+def browser(lab: LabServer, tmp_path: Path, viewport: dict):
+    """A headless Chromium context; its kernels are shut down afterwards."""
     sync_api = chromium_or_skip()
     with sync_api.sync_playwright() as playwright:
-        context = launch(playwright, tmp_path, {"width": 1400, "height": 1000})
-        page = context.pages[0] if context.pages else context.new_page()
+        context = launch(playwright, tmp_path, viewport)
+        if not context.pages:
+            context.new_page()
         try:
-            yield page
+            yield context
         finally:
             context.close()
             close_sessions(lab)
+
+
+@pytest.fixture
+def page(lab, tmp_path):
+    with browser(lab, tmp_path, {"width": 1400, "height": 1000}) as context:
+        yield context.pages[0]
+
+
+@pytest.fixture
+def projector(lab, tmp_path):
+    """A browser the size of a projector, with every request off this machine cut off
+    (a classroom without internet); yields the context, its list of requests that
+    left and its list of failed requests."""
+    with browser(lab, tmp_path, PROJECTOR) as context:
+        outside, failed = block_network(context, context)
+        yield context, outside, failed
 
 
 def close_sessions(lab: LabServer) -> None:
@@ -270,8 +349,9 @@ def kernel_state(lab: LabServer, notebook: str) -> str | None:
     A RISE slideshow's session has an id for its path and the notebook as its name.
     """
     for session in lab.api("/api/sessions"):
-        if notebook in (session.get("path"), session.get("name")) \
-                and session.get("kernel"):
+        named = session.get("path") == notebook or session.get("name") in (
+            notebook, Path(notebook).name)
+        if named and session.get("kernel"):
             return session["kernel"].get("execution_state")
     return None
 
@@ -307,7 +387,9 @@ def error_outputs(state: dict) -> list[str]:
     return [text for text in state["stderr"] if ERROR_TEXT.search(text)]
 
 
-def open_notebook(page, lab: LabServer, notebook: str) -> None:
+def open_notebook(page, lab: LabServer, notebook: str, pause=time.sleep) -> None:
+    """Open ``notebook`` in JupyterLab and wait for its kernel (``pause``: see
+    :func:`wait_until`)."""
     page.goto(lab.page_url(notebook), wait_until="domcontentloaded",
               timeout=PAGE_LOAD_S * 1000)
     page.locator(f"{PANEL} .jp-Cell").first.wait_for(timeout=PAGE_LOAD_S * 1000)
@@ -316,7 +398,7 @@ def open_notebook(page, lab: LabServer, notebook: str) -> None:
     if select_kernel.count():
         select_kernel.first.click()
     wait_until(lambda: kernel_state(lab, notebook) == "idle", PAGE_LOAD_S,
-               "the kernel to start and go idle")
+               "the kernel to start and go idle", pause=pause)
     indicator = f'{PANEL} .jp-Notebook-ExecutionIndicator[data-status="idle"]'
     page.locator(indicator).wait_for(timeout=PAGE_LOAD_S * 1000)
 
@@ -419,6 +501,51 @@ def lesson_missing(notebook: str):
                               reason=f"notebooks/{notebook} does not exist yet")
 
 
+def integral_floats(text: str) -> list[str]:
+    """The numbers of a JSON text written with a fraction that is zero, like 3.0."""
+    found = []
+
+    def number(literal: str) -> float:
+        value = float(literal)
+        if math.isfinite(value) and value.is_integer():
+            found.append(literal)
+        return value
+
+    json.loads(text, parse_float=number)
+    return found
+
+
+def test_a_save_in_jupyterlab_leaves_every_notebook_as_committed():
+    """RISE's Alt+R saves the notebook before it shows the slides. JupyterLab then
+    writes the model it holds: the spec of the kernel it started, and numbers as
+    JavaScript writes them (3 for 3.0, as in stored widget state); the server lays
+    the file out as nbformat does. Each committed notebook must already read so."""
+    nbformat = pytest.importorskip("nbformat")
+    kernelspec = pytest.importorskip("jupyter_client.kernelspec")
+    spec = kernelspec.KernelSpecManager().get_kernel_spec("python3")
+    expected = {"display_name": spec.display_name, "language": spec.language,
+                "name": "python3"}
+    problems = []
+    for path in sorted(NOTEBOOKS.rglob("*.ipynb")):
+        if ".ipynb_checkpoints" in path.parts:
+            continue
+        name, text = path.relative_to(REPO), path.read_text("utf-8")
+        metadata = json.loads(text)["metadata"]
+        integral = integral_floats(text)
+        if metadata.get("kernelspec") != expected:
+            problems.append(f"{name}: kernelspec {metadata.get('kernelspec')}, but "
+                            f"JupyterLab writes {expected}")
+        if integral:
+            where = " (stored widget state)" if "widgets" in metadata else ""
+            problems.append(f"{name}: {len(integral)} numbers such as {integral[0]} "
+                            f"that JupyterLab writes otherwise{where}")
+        layout = io.StringIO()
+        nbformat.write(nbformat.reads(text, as_version=nbformat.NO_CONVERT), layout)
+        if layout.getvalue() != text:
+            problems.append(f"{name}: not laid out as nbformat writes it")
+    assert not problems, "a save would change these notebooks:\n" + "\n".join(problems)
+
+
 def test_lab_does_not_autosave_the_lessons(lab):
     """Running a lesson must not rewrite the committed notebook behind the learner's
     back: make lab's settings turn JupyterLab's autosave off."""
@@ -472,16 +599,16 @@ def test_lesson_05_latent_explorer_redraws(lab, page, tmp_path):
     assert after_pixels != before_pixels, "the decoded digit looks the same"
 
 
+# ------------------------------------------------------------------- slideshows (RISE)
+
 RISE_STATE_JS = """() => {
     const reveal = document.querySelector('.reveal');
     const current = reveal?.querySelector('.slides section.present:not(.stack)')
         ?? reveal?.querySelector('.slides section.present');
-    const indices = window.Reveal?.getIndices?.() ?? null;
     return {
         reveal: !!reveal,
-        ready: !!reveal && reveal.classList.contains('ready'),
-        indices: indices,
         total: reveal ? reveal.querySelectorAll('.slides section').length : 0,
+        slide: current ? current.id : null,
         text: current ? current.innerText : '',
         maths: reveal ? reveal.querySelectorAll('mjx-container, .MathJax').length : 0,
         raw: reveal ? [...reveal.querySelectorAll('.jp-RenderedMarkdown')]
@@ -489,52 +616,266 @@ RISE_STATE_JS = """() => {
     };
 }"""
 
+# The font sizes in pixels of every paragraph, code cell and printed output.
+TEXT_SIZES_JS = """() => {
+    const reveal = document.querySelector('.reveal');
+    const sizes = selector => [...reveal.querySelectorAll(selector)]
+        .map(node => parseFloat(getComputedStyle(node).fontSize));
+    return {
+        prose: sizes('.jp-RenderedMarkdown p, .jp-RenderedMarkdown li'),
+        code: sizes('.jp-CodeCell .cm-content'),
+        outputs: sizes(['application/vnd.jupyter.stdout', 'text/plain']
+            .map(type => `.jp-OutputArea-output[data-mime-type="${type}"] pre`)
+            .join(', ')),
+    };
+}"""
 
-@pytest.mark.timeout(180)
-@lesson_missing("03_elbo.ipynb")
-def test_lesson_03_presents_with_rise(lab, page, tmp_path):
-    """RISE (jupyterlab-rise) presents the live notebook, with no internet."""
-    notebook = "03_elbo.ipynb"
-    outside, failed_requests = block_network(page, page)
-    started = time.monotonic()
-    page.goto(f"{lab.url}/rise/{notebook}?token={lab.token}",
-              wait_until="domcontentloaded", timeout=PAGE_LOAD_S * 1000)
-    page.locator(".reveal .slides section").first.wait_for(timeout=PAGE_LOAD_S * 1000)
-    pause = page_pause(page)
-    first = wait_until(lambda: (s := page.evaluate(RISE_STATE_JS))["maths"] and s,
+# Where the slide ``id`` sits on the screen once it is shown; until then null, and
+# the address asks for it again (RISE may move the deck on its own a moment after a
+# slide changes: it selects the slide's code cell and shows the slide of that cell).
+SLIDE_FIT_JS = """(id) => {
+    const slide = document.getElementById(id);
+    if (!slide.classList.contains('present')) {
+        if (!location.hash.startsWith('#/' + id)) location.hash = '#/' + id;
+        return null;
+    }
+    const box = slide.getBoundingClientRect();
+    const name = node => [node.tagName.toLowerCase(), ...node.classList].join('.');
+    const outside = [...slide.querySelectorAll(
+        '.jp-RenderedMarkdown > *, .jp-InputArea, .jp-OutputArea-output, img')]
+        .filter(node => {
+            const b = node.getBoundingClientRect();
+            return b.width && (b.left < -1 || b.right > innerWidth + 1);
+        }).map(name);
+    const hidden = [...slide.querySelectorAll('.cm-scroller, .jp-OutputArea-output pre')]
+        .filter(node => node.scrollWidth > node.clientWidth + 1).map(name);
+    return {
+        top: box.top, bottom: box.bottom, height: innerHeight,
+        tall: slide.scrollHeight > slide.clientHeight + 1,
+        scrolls: ['auto', 'scroll'].includes(getComputedStyle(slide).overflowY),
+        outside: outside, hidden: hidden,
+        title: slide.innerText.trim().split('\\n')[0].slice(0, 60),
+    };
+}"""
+
+# Records every text the prompt of cell ``index`` shows, to tell when it has run.
+WATCH_PROMPT_JS = """(index) => {
+    const prompt = document.querySelectorAll('.reveal .jp-Cell')[index]
+        .querySelector('.jp-InputArea-prompt');
+    const seen = [prompt.textContent.trim()];
+    (window.vaeCoursePrompts = window.vaeCoursePrompts || {})[index] = seen;
+    new MutationObserver(() => seen.push(prompt.textContent.trim()))
+        .observe(prompt, {childList: true, characterData: true, subtree: true});
+}"""
+
+# The execution count of cell ``index`` once it has run since it was watched.
+RAN_JS = """(index) => {
+    const cell = document.querySelectorAll('.reveal .jp-Cell')[index];
+    const now = cell.querySelector('.jp-InputArea-prompt').textContent.trim();
+    const seen = window.vaeCoursePrompts[index];
+    return seen.includes('[*]:') && /^\\[\\d+\\]:$/.test(now) ? now : null;
+}"""
+
+# Index among the slideshow's cells of the first code cell whose code has ``text``.
+FIND_CELL_JS = """(text) => [...document.querySelectorAll('.reveal .jp-Cell')].findIndex(
+    cell => cell.classList.contains('jp-CodeCell')
+        && cell.querySelector('.cm-content').textContent.includes(text))"""
+
+
+def rise_url(lab: LabServer, notebook: str) -> str:
+    return f"{lab.url}/rise/{notebook}?token={lab.token}"
+
+
+def wait_for_slides(target, pause) -> dict:
+    """Wait until RISE (in a page or a frame) shows its slides with the maths typeset."""
+    target.locator(".reveal .slides section").first.wait_for(timeout=PAGE_LOAD_S * 1000)
+    state = wait_until(lambda: (s := target.evaluate(RISE_STATE_JS))["maths"] and s,
                        60, "RISE to typeset the maths of the title slide", pause=pause)
-    print(f"\n[browser] RISE {notebook}: {first['total']} sections, "
-          f"{first['maths']} formulas typeset after {time.monotonic() - started:.1f} s")
-    assert first["raw"] == 0, "a Markdown cell still shows raw $$ TeX"
+    assert state["raw"] == 0, "a Markdown cell still shows raw $$ TeX"
+    return state
+
+
+def show_slide(target, slide: str, pause) -> dict:
+    """Go to the slide with id ``slide`` (RISE numbers them slide-H-V) and measure it."""
+    return wait_until(lambda: target.evaluate(SLIDE_FIT_JS, slide), 10,
+                      f"slide {slide} to show", interval=0.05, pause=pause)
+
+
+def show_cell(target, index: int, pause) -> None:
+    """Go to the slide that holds cell ``index``."""
+    slide = target.evaluate("(i) => document.querySelectorAll('.reveal .jp-Cell')[i]"
+                            ".closest('section').id", index)
+    show_slide(target, slide, pause)
+
+
+def run_cells(page, target, first: int, last: int, pause, timeout: float) -> str:
+    """Run cells ``first`` to ``last`` as a presenter does, Shift+Enter on each (RISE
+    runs the cell and moves on); returns the last one's prompt once it has run."""
+    show_cell(target, first, pause)
+    target.evaluate(WATCH_PROMPT_JS, last)
+    target.locator(".reveal .jp-Cell").nth(first).locator(".cm-content").click()
+    for _ in range(first, last + 1):
+        page.keyboard.press("Shift+Enter")
+        pause(0.05)
+    stderr = ('.reveal .jp-OutputArea-output'
+              '[data-mime-type="application/vnd.jupyter.stderr"]')
+    try:
+        return wait_until(lambda: target.evaluate(RAN_JS, last), timeout,
+                          f"cells {first}-{last} to run in the slideshow", pause=pause)
+    finally:
+        errors = [text for text in target.locator(stderr).all_inner_texts()
+                  if ERROR_TEXT.search(text)]
+        assert not errors, f"a cell failed in the slideshow:\n{errors[0][-2000:]}"
+
+
+def check_text_sizes(target, notebook: str) -> dict:
+    """Prose, code and outputs in proportion, and code readable on the projector."""
+    sizes = target.evaluate(TEXT_SIZES_JS)
+    assert all(sizes.values()), f"{notebook}: no prose, code or outputs to measure"
+    code = sorted(set(sizes["code"]))
+    assert len(code) == 1, f"{notebook}: code cells in several sizes, {code} px"
+    code = code[0]
+    assert code >= 16, f"{notebook}: code at {code} px is too small on a projector"
+    wrong = sorted({size for size in sizes["outputs"] if not 0.8 <= size / code <= 1.25})
+    assert not wrong, f"{notebook}: outputs at {wrong} px beside code at {code} px"
+    small = sorted({size for size in sizes["prose"] if not code <= size <= 1.6 * code})
+    assert not small, f"{notebook}: prose at {small} px beside code at {code} px"
+    found = {kind: sorted(set(values)) for kind, values in sizes.items()}
+    print(f"[browser] {notebook}: font sizes in px {found}")
+    return found
+
+
+def check_slides_fit(target, notebook: str, pause) -> None:
+    """Every slide either fits the screen or scrolls, and none is cut at the sides."""
+    slides = target.evaluate("() => [...document.querySelectorAll("
+                             "'.reveal .slides > section > section')].map(s => s.id)")
+    problems, scrolling = [], 0
+    for slide in slides:
+        fit = show_slide(target, slide, pause)
+        where = f"{slide} ({fit['title']!r})"
+        if fit["top"] < -1 or fit["bottom"] > fit["height"] + 1:
+            problems.append(f"{where} runs off the screen: {fit['top']:.0f} to "
+                            f"{fit['bottom']:.0f} px of {fit['height']}")
+        if fit["tall"] and not fit["scrolls"]:
+            problems.append(f"{where} is taller than the screen and does not scroll")
+        scrolling += fit["tall"]
+        problems += [f"{where}: {node} is cut at the side" for node in fit["outside"]]
+        problems += [f"{where}: {node} hides the end of its lines"
+                     for node in fit["hidden"]]
+    assert not problems, f"{notebook}:\n" + "\n".join(problems)
+    print(f"[browser] {notebook}: {len(slides)} slides fit the screen, {scrolling} of "
+          "them by scrolling")
+
+
+def optional_stylesheet_failures(failed: list[str], notebook: str) -> list[str]:
+    """The failed requests, but for RISE's optional per-lesson stylesheet NN_name.css
+    (only notebooks/rise.css exists, shared by all lessons)."""
+    optional = f"/files/{Path(notebook).with_suffix('.css')} "
+    return [request for request in failed if optional not in request]
+
+
+@pytest.mark.timeout(300)
+@lesson_missing("03_elbo.ipynb")
+def test_lesson_03_presents_with_rise(lab, projector, tmp_path):
+    """Present lesson 03 as a teacher does, with no internet: open it, Alt+R (RISE
+    saves the notebook and shows the slideshow beside it), run the setup cell, step
+    on, leave; then full screen, where every slide must be readable and fit. The
+    lesson must be left exactly as committed."""
+    context, outside, failed = projector
+    presented = as_committed(lab.root / PRESENTED)
+    notebook = f"{PRESENTED}/03_elbo.ipynb"
+    page = context.pages[0]
+    pause = page_pause(page)
+    started = time.monotonic()
+    open_notebook(page, lab, notebook, pause)
+    page.locator(f"{PANEL} .jp-Notebook").click(position={"x": 5, "y": 5})
+    page.keyboard.press("Alt+r")
+    frame = wait_until(lambda: next((f for f in page.frames if "/rise/" in f.url), None),
+                       PAGE_LOAD_S, "Alt+R to open the slideshow", pause=pause)
+    first = wait_for_slides(frame, pause)
+    print(f"\n[browser] RISE {notebook}: {first['total']} sections, {first['maths']} "
+          f"formulas typeset after {time.monotonic() - started:.1f} s")
     assert first["text"].lstrip().startswith("03"), first["text"][:200]
 
-    # Present as a teacher does: once the kernel is up (a cell sent before that can
-    # be lost), run the setup cell in place, then step on.
-    wait_until(lambda: kernel_state(lab, notebook) == "idle", PAGE_LOAD_S,
-               "the slideshow's kernel to start and go idle", pause=pause)
-    page.locator(".reveal section.present .jp-CodeCell .cm-content").first.click()
-    page.keyboard.press("Shift+Enter")
-    prompt = page.locator(".reveal .jp-CodeCell .jp-InputArea-prompt").first
-    try:
-        wait_until(lambda: prompt.text_content().strip() == "[1]:",
-                   90, "the setup cell to run in the slideshow", pause=pause)
-    except AssertionError as error:
-        raise AssertionError(f"{error}; its prompt shows "
-                             f"{prompt.text_content().strip()!r}, the kernel is "
-                             f"{kernel_state(lab, notebook)!r}") from None
+    setup = frame.evaluate(FIND_CELL_JS, "vc.setup(")
+    assert setup >= 0, f"{notebook} has no setup cell"
+    prompt = run_cells(page, frame, setup, setup, pause, 90)
     page.keyboard.press("Escape")
+    show_slide(frame, first["slide"], pause)
     page.keyboard.press("ArrowRight")
     second = wait_until(
-        lambda: (s := page.evaluate(RISE_STATE_JS))["text"] != first["text"] and s,
+        lambda: (s := frame.evaluate(RISE_STATE_JS))["text"] != first["text"] and s,
         15, "the slideshow to advance", pause=pause)
-    page.screenshot(path=str(tmp_path / "03_rise.png"))
     assert "derivation" in second["text"].lower(), second["text"][:200]
-    assert second["raw"] == 0, "a Markdown cell still shows raw $$ TeX"
+    print(f"[browser] setup cell ran as {prompt}, advanced to "
+          f"{second['text'].splitlines()[0]!r}")
+    page.close()
+
+    slides = context.new_page()
+    slides.goto(rise_url(lab, notebook), wait_until="domcontentloaded",
+                timeout=PAGE_LOAD_S * 1000)
+    pause = page_pause(slides)
+    wait_for_slides(slides, pause)
+    check_text_sizes(slides, notebook)
+    check_slides_fit(slides, notebook, pause)
+    slides.screenshot(path=str(tmp_path / "03_rise.png"))
     assert not outside, f"requests left the machine: {outside[:5]}"
-    # RISE also asks for an optional per-lesson stylesheet, NN_name.css; only
-    # notebooks/rise.css exists, shared by all lessons.
-    optional = f"/files/{Path(notebook).stem}.css "
-    failed = [request for request in failed_requests if optional not in request]
+    failed = optional_stylesheet_failures(failed, notebook)
     assert not failed, f"failed requests: {failed[:5]}"
-    print(f"[browser] RISE advanced to {second['text'].splitlines()[0]!r}, total "
-          f"{time.monotonic() - started:.1f} s")
+    changed = changed_files(presented)
+    assert not changed, f"presenting the lesson changed it: {changed}"
+    print(f"[browser] RISE {notebook}: total {time.monotonic() - started:.1f} s")
+
+
+@pytest.mark.timeout(300)
+@lesson_missing("05_visualization.ipynb")
+def test_lesson_05_latent_explorer_works_under_rise(lab, projector, tmp_path):
+    """The latent explorer in the slideshow: ipywidgets' extension loads in RISE's
+    page, the sliders show and a drag redraws the digit (in the slideshow the arrow
+    keys change slides). The slides, grown by the run, must still fit."""
+    context, outside, failed = projector
+    presented = as_committed(lab.root / PRESENTED)
+    notebook = f"{PRESENTED}/05_visualization.ipynb"
+    page = context.pages[0]
+    pause = page_pause(page)
+    started = time.monotonic()
+    page.goto(rise_url(lab, notebook), wait_until="domcontentloaded",
+              timeout=PAGE_LOAD_S * 1000)
+    wait_for_slides(page, pause)
+    wait_until(lambda: kernel_state(lab, notebook) == "idle", PAGE_LOAD_S,
+               "the slideshow's kernel to start and go idle", pause=pause)
+    first = page.evaluate(FIND_CELL_JS, "vc.setup(")
+    explorer = page.evaluate(FIND_CELL_JS, "latent_explorer(")
+    assert 0 <= first < explorer, f"{notebook}: no setup cell before the explorer"
+    prompt = run_cells(page, page, first, explorer, pause, RUN_ALL_S)
+    print(f"\n[browser] RISE {notebook}: ran its cells up to the explorer ({prompt}) "
+          f"after {time.monotonic() - started:.1f} s")
+
+    show_cell(page, explorer, pause)
+    image = page.locator(f".reveal img.{EXPLORER_CLASS_IMAGE}").first
+    slider = page.locator(f".reveal .{EXPLORER_CLASS_SLIDER}").first
+    slider.wait_for(timeout=30_000)
+    handle = slider.locator(".noUi-handle").first
+    handle.scroll_into_view_if_needed()
+    before_src = image.get_attribute("src")
+    before_value = slider.locator(".widget-readout").first.text_content()
+    box = handle.bounding_box()
+    page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    page.mouse.down()
+    page.mouse.move(box["x"] + 80, box["y"] + box["height"] / 2, steps=5)
+    page.mouse.up()
+    wait_until(lambda: image.get_attribute("src") != before_src, 30,
+               "the explorer image to change after dragging the slider", pause=pause)
+    after_value = slider.locator(".widget-readout").first.text_content()
+    page.screenshot(path=str(tmp_path / "05_rise_explorer.png"))
+    print(f"[browser] slider {before_value!r} -> {after_value!r}")
+    assert after_value != before_value, "the slider's readout did not move"
+
+    check_text_sizes(page, notebook)
+    check_slides_fit(page, notebook, pause)
+    assert not outside, f"requests left the machine: {outside[:5]}"
+    failed = optional_stylesheet_failures(failed, notebook)
+    assert not failed, f"failed requests: {failed[:5]}"
+    changed = changed_files(presented)
+    assert not changed, f"presenting the lesson changed it: {changed}"
+    print(f"[browser] RISE {notebook}: total {time.monotonic() - started:.1f} s")
