@@ -7,9 +7,13 @@ as in a classroom without internet, and recorded so that a test can fail on it.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
 import re
 import shutil
+import threading
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 DEFAULT_CHROMIUM = "/usr/bin/chromium"
@@ -88,3 +92,23 @@ def chromium_or_skip():
         pytest.skip("no Chromium found: apt-get install chromium, or set "
                     "VAE_COURSE_CHROMIUM to a Chromium binary")
     return sync_api
+
+
+class QuietHandler(SimpleHTTPRequestHandler):
+    def log_message(self, *args):  # keep the test output to what the test prints
+        pass
+
+
+@contextlib.contextmanager
+def serve(folder: Path):
+    """``folder`` on a local HTTP server at 127.0.0.1, as a teacher serves it with
+    ``python -m http.server``: yields the server's URL, and stops it after."""
+    handler = functools.partial(QuietHandler, directory=str(folder))
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -9,13 +9,10 @@ headless Chromium with every request that leaves the machine aborted.
 
 from __future__ import annotations
 
-import functools
 import re
 import shutil
 import subprocess
 import sys
-import threading
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -77,23 +74,13 @@ def test_speaker_notes_stay_off_the_site(site):
         assert "Speaker notes." not in html, f"{lesson.name}: speaker notes on the site"
 
 
-class QuietHandler(SimpleHTTPRequestHandler):
-    def log_message(self, *args):  # keep the test output to what the test prints
-        pass
-
-
 @pytest.fixture(scope="module")
 def served(site):
     """The site's URL on a local HTTP server, stopped after the module."""
-    handler = functools.partial(QuietHandler, directory=str(site))
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    from chromium import serve
+
+    with serve(site) as url:
+        yield url
 
 
 @pytest.fixture

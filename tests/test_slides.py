@@ -16,13 +16,10 @@ local web server and from the file system.
 from __future__ import annotations
 
 import contextlib
-import functools
 import importlib.util
 import re
 import shutil
-import threading
 from html.parser import HTMLParser
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -368,23 +365,13 @@ SPEAKER_LESSON = REPO / "notebooks" / "00_why_vae.ipynb"
 @contextlib.contextmanager
 def deck_url(deck: Path, how: str):
     """The deck's address from the file system, or from a server on 127.0.0.1."""
+    from chromium import serve
+
     if how == "file":
         yield deck.as_uri()
         return
-    handler = functools.partial(QuietHandler, directory=str(deck.parent))
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/{deck.name}"
-    finally:
-        server.shutdown()
-        server.server_close()
-
-
-class QuietHandler(SimpleHTTPRequestHandler):
-    def log_message(self, *args):  # keep the test output to what the test prints
-        pass
+    with serve(deck.parent) as url:
+        yield f"{url}/{deck.name}"
 
 
 @pytest.mark.browser
