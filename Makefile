@@ -225,14 +225,14 @@ book: | $(STAMP)
 # nbgrader's course folder beside it (build/assignments/course/).
 .PHONY: assignments grade
 assignments: | $(STAMP)
-	$(BIN)/python assignments/build.py
+	$(BIN)/python assignments/build_assignments.py
 
 # Each STUDENT.ipynb in SUBMISSIONS, graded in a kernel and a working copy of its
 # own: build/grades/ASSIGNMENT/scores.csv and feedback/STUDENT.html.
 grade: | $(STAMP)
 	@test -n "$(ASSIGNMENT)" -a -n "$(SUBMISSIONS)" || { echo "usage: make grade \
 	ASSIGNMENT=03_elbo SUBMISSIONS=folder-of-STUDENT.ipynb"; exit 2; }
-	$(BIN)/python assignments/build.py
+	$(BIN)/python assignments/build_assignments.py
 	$(BIN)/python assignments/grade.py "$(ASSIGNMENT)" "$(SUBMISSIONS)"
 
 # -----------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """Generate the student notebooks of the named assignments with nbgrader.
 
-build.py runs this in the course folder it builds (the current folder), as one
-process for all the assignments, so that nbgrader starts once:
+build_assignments.py runs this in the course folder it builds (the current folder),
+as one process for all the assignments, so that nbgrader starts once:
 
     python generate_assignments.py ASSIGNMENT [ASSIGNMENT ...]
 """

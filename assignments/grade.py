@@ -33,8 +33,7 @@ from pathlib import Path
 
 import nbformat
 import psutil
-
-from build import REPO, nbgrader_environment
+from build_assignments import REPO, nbgrader_environment
 
 STUDENT = re.compile(r"[0-9A-Za-z][0-9A-Za-z_.-]*")
 AUTOGRADE_ONE = Path(__file__).resolve().parent / "autograde_one.py"

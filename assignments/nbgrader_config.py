@@ -1,6 +1,6 @@
-# nbgrader's settings for the course's assignments: build.py copies this file into
-# the course folder it builds (build/assignments/course/), and grade.py into the
-# working copy in which it grades each submission.
+# nbgrader's settings for the course's assignments: build_assignments.py copies this
+# file into the course folder it builds (build/assignments/course/), and grade.py into
+# the working copy in which it grades each submission.
 c = get_config()  # noqa: F821 (nbgrader provides get_config)
 
 c.CourseDirectory.root = "."

@@ -25,9 +25,9 @@ import vae_course as vc
 from vae_course import check
 
 REPO = Path(__file__).resolve().parents[1]
-# The teacher's scripts, assignments/build.py and grade.py, as modules.
+# The teacher's scripts, assignments/build_assignments.py and grade.py, as modules.
 sys.path.insert(0, str(REPO / "assignments"))
-build = importlib.import_module("build")
+build = importlib.import_module("build_assignments")
 grade = importlib.import_module("grade")
 
 SPECS = sorted((REPO / "assignments").glob("*.toml"))

@@ -10,7 +10,9 @@ every check cell's hidden part removed. Into OUT (build/assignments/):
     course/           nbgrader's course folder (source/, release/, gradebook.db),
                       which grade.py grades against
 
-    python assignments/build.py [--out DIR] [SPEC.toml ...]   (all specs by default)
+    python assignments/build_assignments.py [--out DIR] [SPEC.toml ...]
+
+(all the specs when none is named)
 """
 
 from __future__ import annotations
