@@ -719,20 +719,18 @@ def show_cell(target, index: int, pause) -> None:
     show_slide(target, slide, pause)
 
 
-def run_cells(page, target, first: int, last: int, pause, timeout: float) -> str:
-    """Run cells ``first`` to ``last`` as a presenter does, Shift+Enter on each (RISE
-    runs the cell and moves on); returns the last one's prompt once it has run."""
-    show_cell(target, first, pause)
-    target.evaluate(WATCH_PROMPT_JS, last)
-    target.locator(".reveal .jp-Cell").nth(first).locator(".cm-content").click()
-    for _ in range(first, last + 1):
-        page.keyboard.press("Shift+Enter")
-        pause(0.05)
+def run_cell(page, target, index: int, pause, timeout: float) -> str:
+    """Run cell ``index`` as a presenter does, with Shift+Enter (RISE runs the cell
+    and moves on); returns its prompt once it has run."""
+    show_cell(target, index, pause)
+    target.evaluate(WATCH_PROMPT_JS, index)
+    target.locator(".reveal .jp-Cell").nth(index).locator(".cm-content").click()
+    page.keyboard.press("Shift+Enter")
     stderr = ('.reveal .jp-OutputArea-output'
               '[data-mime-type="application/vnd.jupyter.stderr"]')
     try:
-        return wait_until(lambda: target.evaluate(RAN_JS, last), timeout,
-                          f"cells {first}-{last} to run in the slideshow", pause=pause)
+        return wait_until(lambda: target.evaluate(RAN_JS, index), timeout,
+                          f"cell {index} to run in the slideshow", pause=pause)
     finally:
         errors = [text for text in target.locator(stderr).all_inner_texts()
                   if ERROR_TEXT.search(text)]
@@ -785,6 +783,18 @@ def optional_stylesheet_failures(failed: list[str], notebook: str) -> list[str]:
     return [request for request in failed if optional not in request]
 
 
+def check_presented(target, notebook: str, presented: Path, outside, failed, pause):
+    """After presenting: text in proportion, every slide fits or scrolls, nothing left
+    the machine or failed to load, and the lesson is as committed."""
+    check_text_sizes(target, notebook)
+    check_slides_fit(target, notebook, pause)
+    assert not outside, f"requests left the machine: {outside[:5]}"
+    failed = optional_stylesheet_failures(failed, notebook)
+    assert not failed, f"failed requests: {failed[:5]}"
+    changed = changed_files(presented)
+    assert not changed, f"presenting the lesson changed it: {changed}"
+
+
 @pytest.mark.timeout(300)
 @lesson_missing("03_elbo.ipynb")
 def test_lesson_03_presents_with_rise(lab, projector, tmp_path):
@@ -810,7 +820,7 @@ def test_lesson_03_presents_with_rise(lab, projector, tmp_path):
 
     setup = frame.evaluate(FIND_CELL_JS, "vc.setup(")
     assert setup >= 0, f"{notebook} has no setup cell"
-    prompt = run_cells(page, frame, setup, setup, pause, 90)
+    prompt = run_cell(page, frame, setup, pause, 90)
     page.keyboard.press("Escape")
     show_slide(frame, first["slide"], pause)
     page.keyboard.press("ArrowRight")
@@ -827,14 +837,8 @@ def test_lesson_03_presents_with_rise(lab, projector, tmp_path):
                 timeout=PAGE_LOAD_S * 1000)
     pause = page_pause(slides)
     wait_for_slides(slides, pause)
-    check_text_sizes(slides, notebook)
-    check_slides_fit(slides, notebook, pause)
     slides.screenshot(path=str(tmp_path / "03_rise.png"))
-    assert not outside, f"requests left the machine: {outside[:5]}"
-    failed = optional_stylesheet_failures(failed, notebook)
-    assert not failed, f"failed requests: {failed[:5]}"
-    changed = changed_files(presented)
-    assert not changed, f"presenting the lesson changed it: {changed}"
+    check_presented(slides, notebook, presented, outside, failed, pause)
     print(f"[browser] RISE {notebook}: total {time.monotonic() - started:.1f} s")
 
 
@@ -861,7 +865,7 @@ def test_lesson_05_latent_explorer_works_under_rise(lab, projector, tmp_path):
     assert all(index >= 0 for index in needed) and needed == sorted(needed), (
         f"{notebook}: cells {dict(zip(EXPLORER_NEEDS, needed, strict=True))}")
     for index in needed:
-        prompt = run_cells(page, page, index, index, pause, RUN_ALL_S)
+        prompt = run_cell(page, page, index, pause, RUN_ALL_S)
     print(f"\n[browser] RISE {notebook}: ran the cells the explorer needs ({prompt}) "
           f"after {time.monotonic() - started:.1f} s")
 
@@ -885,11 +889,5 @@ def test_lesson_05_latent_explorer_works_under_rise(lab, projector, tmp_path):
     print(f"[browser] slider {before_value!r} -> {after_value!r}")
     assert after_value != before_value, "the slider's readout did not move"
 
-    check_text_sizes(page, notebook)
-    check_slides_fit(page, notebook, pause)
-    assert not outside, f"requests left the machine: {outside[:5]}"
-    failed = optional_stylesheet_failures(failed, notebook)
-    assert not failed, f"failed requests: {failed[:5]}"
-    changed = changed_files(presented)
-    assert not changed, f"presenting the lesson changed it: {changed}"
+    check_presented(page, notebook, presented, outside, failed, pause)
     print(f"[browser] RISE {notebook}: total {time.monotonic() - started:.1f} s")
